@@ -1,0 +1,266 @@
+"""All configuration, read from the environment (and `.env`) in one place.
+
+Env names follow the ecosystem (`REDIS_URL`, `DATABASE_URL`, `CELERY_*`, `SERVICE_TYPE`, ...);
+everything that is ours is `STACK_*`. In development every setting has a default that works on a
+fresh machine: an embedded Redis and a SQLite file under `.stack/`. In production the settings that
+would silently point at the wrong place have no default at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from stack.errors import ConfigError
+
+ALL_QUEUES = "all"
+
+
+class AppEnv(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Role(StrEnum):
+    API = "api"
+    WORKER = "worker"
+    BEAT = "beat"
+    FLOWER = "flower"
+    MIGRATE = "migrate"
+    REDIS = "redis"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STACK_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- names shared with the ecosystem --------------------------------------------------------
+    app_env: AppEnv = Field(AppEnv.DEVELOPMENT, validation_alias=AliasChoices("APP_ENV"))
+    service_type: Role | None = Field(None, validation_alias=AliasChoices("SERVICE_TYPE"))
+    secret_key: str | None = Field(None, validation_alias=AliasChoices("SECRET_KEY"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"))
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"))
+    celery_broker_url: str | None = Field(
+        None, validation_alias=AliasChoices("CELERY_BROKER_URL")
+    )
+    celery_result_backend: str | None = Field(
+        None, validation_alias=AliasChoices("CELERY_RESULT_BACKEND")
+    )
+    celery_enabled: bool = Field(True, validation_alias=AliasChoices("CELERY_ENABLED"))
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST"))
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+    web_concurrency: int = Field(1, ge=1, validation_alias=AliasChoices("WEB_CONCURRENCY"))
+
+    # --- ours (STACK_*) -----------------------------------------------------------------------------
+    kinds: str = Field("app.kinds:registry", description="module:attr of the JobRegistry to serve")
+    data_dir: Path = Field(Path(".stack"), description="embedded Redis/SQLite data and storage")
+    storage_dir: Path | None = Field(None, description="where job outputs go; default DATA_DIR/files")
+    redis_port: int = Field(6379, ge=1, le=65535, description="port of the embedded Redis")
+    migrate_on_start: bool = Field(True, description="run migrations when the api role starts")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body limit")
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [ALL_QUEUES], description="comma-separated queues, or 'all'"
+    )
+    worker_pool: str = Field("prefork", description="prefork | threads | solo | gevent | eventlet")
+    worker_concurrency: int | None = Field(None, ge=1, description="default: number of CPUs")
+    worker_name: str | None = Field(None, description="worker node name; default role@hostname")
+    task_soft_time_limit: float = Field(300.0, gt=0, description="seconds before SoftTimeLimit")
+    task_time_limit: float = Field(330.0, gt=0, description="seconds before the child is killed")
+    task_max_retries: int = Field(3, ge=0, description="retries for errors marked transient")
+    task_retry_backoff: float = Field(2.0, ge=0, description="first retry delay, doubled each time")
+    task_retry_backoff_max: float = Field(60.0, ge=0, description="cap of the retry delay")
+    visibility_timeout: float | None = Field(
+        None, gt=0, description="redis redelivery of unacked jobs; default time limit + 60 s"
+    )
+    progress_interval: float = Field(
+        0.25, ge=0, description="minimum seconds between two progress writes of one job"
+    )
+    broker_timeout: float = Field(2.0, gt=0, description="seconds to wait for the broker")
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_basic_auth: str | None = Field(None, description="user:password, required in production")
+    log_level: str = Field("info")
+
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        return normalise_database_url(value) if value else None
+
+    @field_validator("service_type", mode="before")
+    @classmethod
+    def _lower_role(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+    # --- derived values -------------------------------------------------------------------------
+    @property
+    def is_production(self) -> bool:
+        return self.app_env is AppEnv.PRODUCTION
+
+    @property
+    def embedded_redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or self.embedded_redis_url
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.effective_redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.effective_redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'stack.db').resolve()}"
+
+    @property
+    def effective_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "files").resolve()
+
+    @property
+    def effective_visibility_timeout(self) -> float:
+        return self.visibility_timeout or self.task_time_limit + 60
+
+    def fingerprint(self) -> dict[str, str]:
+        """Short hashes of where this process sends work, comparable across processes, no secrets."""
+        return {
+            "broker": _digest(self.broker_url),
+            "database": _digest(self.effective_database_url),
+        }
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept every form platforms hand out and return the one SQLAlchemy + psycopg 3 uses.
+
+    `postgres://`, `postgresql://`, `postgresql+asyncpg://` and `postgresql+psycopg2://` all become
+    `postgresql+psycopg://`; asyncpg's `ssl=` query parameter becomes libpq's `sslmode=`.
+    """
+    url = url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "postgres":
+        url = "postgresql" + url[len("postgres") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(
+            f"DATABASE_URL {redact_url(url)!r} is not a database URL; expected e.g. "
+            "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        query = dict(parsed.query)
+        if "ssl" in query and "sslmode" not in query:
+            ssl = query.pop("ssl")
+            query["sslmode"] = "require" if ssl in ("true", "1") else ssl
+        parsed = parsed.set(drivername="postgresql+psycopg", query=query)
+    elif backend != "sqlite":
+        raise ValueError(
+            f"DATABASE_URL uses {backend!r}; stack supports postgresql (psycopg 3) and sqlite"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+_PRODUCTION_REQUIRED = {
+    "DATABASE_URL": ("database_url", "the PostgreSQL URL the API and the workers share"),
+    "REDIS_URL": ("redis_url", "the Redis URL the API and the workers share"),
+    "SECRET_KEY": ("secret_key", "a long random string, e.g. `python -c 'import secrets; "
+                   "print(secrets.token_urlsafe(48))'`"),
+}
+
+
+def check_production(settings: Settings) -> None:
+    if not settings.is_production:
+        return
+    for env_name, (attr, what) in _PRODUCTION_REQUIRED.items():
+        if attr == "redis_url" and (settings.celery_broker_url or not settings.celery_enabled):
+            continue
+        if not getattr(settings, attr):
+            raise ConfigError(
+                f"{env_name} is not set, and APP_ENV=production has no default for it: "
+                f"set {env_name} to {what}."
+            )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning pydantic's errors into one ConfigError that names the env var."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{env_name_of(field)}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    check_production(settings)
+    return settings
+
+
+def env_name_of(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    if field in Settings.model_fields:
+        return f"STACK_{field.upper()}"
+    return field
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(env name, default, description) for each setting, for `stack --help`."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        rows.append((env_name_of(name), "" if shown is None else str(shown), info.description or ""))
+    return rows
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()
