@@ -1,0 +1,71 @@
+"""The FastAPI application factory: `uvicorn --factory stack.api.app:create_app_from_env`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
+
+from stack.api import health
+from stack.api.limits import BodySizeLimit
+from stack.config import Settings, get_settings, redact_url
+from stack.jobs import router as jobs_router
+from stack.jobs.celery_app import create_celery
+from stack.jobs.registry import JobRegistry
+from stack.jobs.service import JobService
+from stack.logs import configure_logging
+from stack.runtime import build_runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> FastAPI:
+    runtime = build_runtime(settings, registry)
+    celery = create_celery(settings, runtime.registry) if settings.celery_enabled else None
+    app = FastAPI(
+        title="stack",
+        summary="Background jobs with live progress: FastAPI + Celery + Redis + PostgreSQL",
+        version="0.1.0",
+    )
+    app.state.jobs = JobService(runtime, celery)
+    app.include_router(health.router)
+    app.include_router(jobs_router.router)
+    storage = settings.effective_storage_dir
+    storage.mkdir(parents=True, exist_ok=True)
+    app.mount("/files", StaticFiles(directory=storage), name="files")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> dict[str, object]:
+        return {
+            "name": "stack",
+            "mode": "celery" if celery else "inline",
+            "kinds": {k.name: k.queue for k in runtime.registry},
+            "docs": "/docs",
+        }
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse(
+            {"detail": "the database is unreachable; see /ready", "error": str(exc.orig)[:300]},
+            status_code=503,
+        )
+
+    log.info(
+        "api ready: mode=%s database=%s broker=%s kinds=%s",
+        "celery" if celery else "inline",
+        redact_url(settings.effective_database_url),
+        redact_url(settings.broker_url) if celery else "-",
+        ",".join(runtime.registry.names()),
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

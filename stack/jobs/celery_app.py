@@ -1,0 +1,103 @@
+"""The Celery application: one task per job kind, routed to the kind's queue.
+
+Tasks carry only the job id (JSON, never pickle). The row holds params, progress and result, so a
+message can be lost, duplicated or redelivered without the job's truth changing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, Task
+
+from stack.config import Settings
+from stack.jobs.models import JobStatus
+from stack.jobs.registry import JobKind, JobRegistry
+from stack.runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
+    timeout = settings.broker_timeout
+    transport_options = {
+        # Unacked jobs come back after this long when a whole worker died (SIGKILL, OOM, node
+        # lost); it must outlast the longest job or a slow job would run twice.
+        "visibility_timeout": settings.effective_visibility_timeout,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": max(timeout, 5.0),
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,  # the job row is the result store
+        "task_default_queue": "default",
+        "task_routes": {kind.task_name: {"queue": kind.queue} for kind in registry},
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "worker_prefetch_multiplier": 1,  # long jobs: a busy worker must not hoard queued ones
+        "worker_send_task_events": True,  # Flower shows tasks
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": timeout,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": transport_options,
+        "redis_socket_connect_timeout": timeout,
+        "redis_socket_timeout": max(timeout, 5.0),
+        "task_publish_retry_policy": {
+            # At submit time a dead broker must cost the client about a second, not hang it:
+            # the row is already written and the sweep dispatches it later.
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "worker_hijack_root_logger": False,
+    }
+
+
+class LazyRuntime:
+    """The process's Runtime, built by the first task that needs it: after the prefork fork, so
+    children never share the parent's connections; one for all kinds, so one engine per process."""
+
+    def __init__(self, settings: Settings, registry: JobRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = build_runtime(self._settings, self._registry)
+            return self._runtime
+
+
+def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
+    options: dict[str, Any] = {}
+    if kind.soft_time_limit is not None:
+        options["soft_time_limit"] = kind.soft_time_limit
+    if kind.time_limit is not None:
+        options["time_limit"] = kind.time_limit
+
+    @app.task(name=kind.task_name, bind=True, max_retries=None, **options)
+    def run_job(self: Task, job_id: str) -> None:
+        outcome = runtime.get().runner.run(job_id, worker=self.request.hostname or "worker")
+        if outcome.status is JobStatus.RETRY:
+            raise self.retry(countdown=outcome.countdown)
+
+
+def create_celery(settings: Settings, registry: JobRegistry) -> Celery:
+    app = Celery("stack", set_as_current=False)
+    app.conf.update(celery_config(settings, registry))
+    app.stack_runtime = LazyRuntime(settings, registry)  # type: ignore[attr-defined]
+    for kind in registry:
+        _register(app, app.stack_runtime, kind)  # type: ignore[attr-defined]
+    return app

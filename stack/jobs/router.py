@@ -1,0 +1,113 @@
+"""HTTP API of jobs: create, status, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from stack.errors import UnknownKindError
+from stack.jobs.models import JobStatus
+from stack.jobs.registry import JobKind
+from stack.jobs.schemas import JobDetail, JobList, JobOut
+from stack.jobs.service import JobService
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+_NOT_FOUND = {404: {"description": "No job with this id"}}
+
+
+def _service(request: Request) -> JobService:
+    service: JobService = request.app.state.jobs
+    return service
+
+
+def _kind(service: JobService, name: str) -> JobKind:
+    try:
+        return service.registry.get(name)
+    except UnknownKindError as exc:
+        raise HTTPException(404, detail={"message": str(exc), "known_kinds": exc.known}) from None
+
+
+def _validate(kind: JobKind, body: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        params = kind.validate(body)
+    except ValidationError as exc:
+        # Same shape as FastAPI's own 422s, minus `input` (it may be megabytes of base64) and
+        # `ctx` (it may hold exception objects that are not JSON).
+        raise RequestValidationError(
+            [
+                {"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]}
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+    return params.model_dump(mode="json")
+
+
+@router.post(
+    "/{kind}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut | JobDetail,
+    responses={
+        200: {"model": JobDetail, "description": "CELERY_ENABLED=false: ran inline, finished"},
+        404: {"description": "Unknown job kind; the answer lists the known ones"},
+        413: {"description": "Body larger than STACK_MAX_BODY_BYTES"},
+        422: {"description": "Invalid params; `loc` names the field"},
+    },
+)
+def create_job(
+    kind: str,
+    request: Request,
+    response: Response,
+    body: Annotated[dict[str, Any] | None, Body()] = None,
+) -> JobOut | JobDetail:
+    """Queue a job of `kind` with the JSON body as its params; poll `Location` for its status."""
+    service = _service(request)
+    job_kind = _kind(service, kind)
+    params = _validate(job_kind, body)
+    job = service.submit(job_kind, params)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    if service.inline:
+        response.status_code = status.HTTP_200_OK
+        return JobDetail.of(job)
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    request: Request,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    kind: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobList:
+    """Most recent jobs first, optionally filtered by status and kind."""
+    service = _service(request)
+    if kind is not None:
+        _kind(service, kind)
+    jobs = [JobDetail.of(j) for j in service.store.list(status=status_, kind=kind, limit=limit)]
+    return JobList(jobs=jobs, count=len(jobs))
+
+
+@router.get("/{task_id}", response_model=JobDetail, responses=_NOT_FOUND)
+def get_job(task_id: str, request: Request) -> JobDetail:
+    job = _service(request).store.get(task_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job with id {task_id!r}")
+    return JobDetail.of(job)
+
+
+@router.post(
+    "/{task_id}/cancel",
+    response_model=JobDetail,
+    responses={**_NOT_FOUND, 409: {"description": "The job already finished"}},
+)
+def cancel_job(task_id: str, request: Request) -> JobDetail:
+    """Revoke a job. A queued job never runs; a running one stops at its next progress report."""
+    job = _service(request).cancel(task_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job with id {task_id!r}")
+    if job.status is not JobStatus.REVOKED:
+        raise HTTPException(409, detail=f"job {task_id} already finished as {job.status.value}")
+    return JobDetail.of(job)

@@ -1,0 +1,50 @@
+"""What the API shows of a job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stack.jobs.models import Job, JobStatus
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    task_id: str = Field(validation_alias="id")
+    kind: str
+    queue: str
+    status: JobStatus
+    progress: int = Field(ge=0, le=100)
+    message: str
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("created_at", "updated_at", "started_at", "finished_at", mode="after",
+                     check_fields=False)
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes; they were written as UTC.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls.model_validate(job)
+
+
+class JobDetail(JobOut):
+    attempts: int
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any | None = None
+    error: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobDetail]
+    count: int

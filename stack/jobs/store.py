@@ -1,0 +1,159 @@
+"""Every read and write of the job table. Each state change is one atomic UPDATE ... WHERE,
+so concurrent workers, a cancel and a redelivered message can never undo each other."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from stack.db import session_factory
+from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+
+_LIVE = ~Job.status.in_(TERMINAL_STATUSES)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions: sessionmaker[Session] = session_factory(engine)
+
+    # --- reads ------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self._sessions() as session:
+            return session.get(Job, job_id)
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+    ) -> Sequence[Job]:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if kind is not None:
+            query = query.where(Job.kind == kind)
+        with self._sessions() as session:
+            return session.scalars(query).all()
+
+    # --- writes from the API ------------------------------------------------------------------------
+    def create(self, *, kind: str, queue: str, params: dict[str, Any], job_id: str | None = None) -> Job:
+        now = utcnow()
+        job = Job(
+            id=job_id or new_job_id(),
+            kind=kind,
+            queue=queue,
+            status=JobStatus.PENDING,
+            progress=0,
+            message="queued",
+            params=params,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._sessions.begin() as session:
+            session.add(job)
+        return job
+
+    def mark_dispatched(self, job_id: str) -> None:
+        self._update(job_id, dispatched_at=utcnow())
+
+    def note(self, job_id: str, message: str) -> Job | None:
+        """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""
+        return self._update(job_id, _LIVE, message=message[:500], updated_at=utcnow())
+
+    def revoke(self, job_id: str, *, message: str = "cancelled") -> Job | None:
+        """Revoke a live job; returns None when it was already finished (or never existed)."""
+        now = utcnow()
+        return self._update(
+            job_id, _LIVE, status=JobStatus.REVOKED, message=message, updated_at=now, finished_at=now
+        )
+
+    # --- writes from the worker ---------------------------------------------------------------------
+    def claim(self, job_id: str, *, worker: str) -> Job | None:
+        """Take a live job for one attempt. None: finished, revoked or unknown, so do not run it.
+
+        A redelivered message (worker killed mid-job) finds the row `started` and claims it
+        again; that is what makes acks_late lose nothing.
+        """
+        now = utcnow()
+        return self._update(
+            job_id,
+            _LIVE,
+            status=JobStatus.STARTED,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            message="started",
+            started_at=func.coalesce(Job.started_at, now),
+            dispatched_at=func.coalesce(Job.dispatched_at, now),
+            updated_at=now,
+        )
+
+    def set_progress(self, job_id: str, percent: int, message: str) -> bool:
+        """Record progress, never lower than what was stored. False once the job is no longer live
+        (revoked), which tells the running handler to stop."""
+        stored = self._update(
+            job_id,
+            _LIVE,
+            status=JobStatus.PROGRESS,
+            progress=case((Job.progress < percent, percent), else_=Job.progress),
+            message=message[:500],
+            updated_at=utcnow(),
+        )
+        return stored is not None
+
+    def succeed(self, job_id: str, *, result: Any) -> Job | None:
+        now = utcnow()
+        return self._update(
+            job_id,
+            _LIVE,
+            status=JobStatus.SUCCESS,
+            progress=100,
+            message="done",
+            result=result,
+            error=None,
+            updated_at=now,
+            finished_at=now,
+        )
+
+    def fail(self, job_id: str, *, error: str) -> Job | None:
+        now = utcnow()
+        return self._update(
+            job_id,
+            _LIVE,
+            status=JobStatus.FAILURE,
+            message="failed",
+            error=error,
+            updated_at=now,
+            finished_at=now,
+        )
+
+    def retry(self, job_id: str, *, error: str, countdown: float) -> Job | None:
+        return self._update(
+            job_id,
+            _LIVE,
+            status=JobStatus.RETRY,
+            message=f"retrying in {countdown:g} s after: {error}"[:500],
+            error=error,
+            updated_at=utcnow(),
+        )
+
+    def _update(self, job_id: str, *conditions: Any, **values: Any) -> Job | None:
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, *conditions)
+            .values(**values)
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+        with self._sessions.begin() as session:
+            return session.scalars(statement).one_or_none()

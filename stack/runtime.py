@@ -1,0 +1,61 @@
+"""The objects a process needs, wired from settings: engine, store, registry, runner.
+
+Built lazily and once per process (after a prefork worker forks, never before), so nothing
+connects at import time and no connection is shared across a fork.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from stack.config import Settings
+from stack.db import engine_from_settings
+from stack.jobs.events import EventPublisher, NullPublisher, RedisPublisher
+from stack.jobs.registry import JobRegistry, load_registry
+from stack.jobs.runner import JobRunner, RetryPolicy
+from stack.jobs.store import JobStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: JobRegistry
+    engine: Engine
+    store: JobStore
+
+    @functools.cached_property
+    def publisher(self) -> EventPublisher:
+        if not self.settings.celery_enabled:
+            return NullPublisher()  # inline mode runs with no Redis at all
+        return RedisPublisher.from_url(
+            self.settings.effective_redis_url, timeout=self.settings.broker_timeout
+        )
+
+    @functools.cached_property
+    def runner(self) -> JobRunner:
+        s = self.settings
+        return JobRunner(
+            store=self.store,
+            registry=self.registry,
+            publisher=self.publisher,
+            storage_dir=s.effective_storage_dir,
+            retry_policy=RetryPolicy(
+                max_retries=s.task_max_retries,
+                backoff=s.task_retry_backoff,
+                backoff_max=s.task_retry_backoff_max,
+            ),
+            progress_interval=s.progress_interval,
+        )
+
+
+def build_runtime(settings: Settings, registry: JobRegistry | None = None) -> Runtime:
+    engine = engine_from_settings(settings)
+    return Runtime(
+        settings=settings,
+        registry=registry or load_registry(settings.kinds),
+        engine=engine,
+        store=JobStore(engine),
+    )

@@ -1,0 +1,130 @@
+"""The shape every test service has, whichever provider serves it (url, docker or local).
+
+Modelled on pytest-celery's vendors: one small class per provider with `url`, `ready()` and
+`teardown()`, so fixtures can treat a container, a child process and a given URL the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from types import TracebackType
+from typing import ClassVar, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from stack.errors import StackError
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["redis", "postgres"]
+ProviderName = Literal["url", "docker", "local"]
+
+# Short enough that a dead server is noticed quickly, long enough for a loaded CI machine.
+PROBE_TIMEOUT = 1.0
+POLL_INTERVAL = 0.05
+
+
+class ServiceError(StackError):
+    """A test service could not be started, reached or stopped."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages (stack.config has one too, but importing it
+    pulls pydantic and SQLAlchemy into every pytest run that loads the plugin)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = POLL_INTERVAL
+) -> None:
+    """Poll `predicate` until it is true; raise ServiceError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise ServiceError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Service(ABC):
+    """A Redis or PostgreSQL server the tests can use, reachable at `url`."""
+
+    name: ClassVar[Kind]
+    provider: ClassVar[ProviderName]
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.last_error: BaseException | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:  # noqa: B027 - providers that own nothing have nothing to start
+        """Bring the server up (no-op for a server someone else runs)."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Release everything this object started; safe to call twice."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
+
+    # --- readiness ------------------------------------------------------------------------------
+    @abstractmethod
+    def _probe(self, timeout: float) -> None:
+        """One real round trip to the server; raises when it does not answer."""
+
+    def ready(self, timeout: float = PROBE_TIMEOUT) -> bool:
+        """True when the server answers a real request right now."""
+        if not self.url:
+            self.last_error = ServiceError("not started")
+            return False
+        try:
+            self._probe(timeout)
+        except Exception as exc:  # any failure means "not ready"; wait_ready reports it
+            self.last_error = exc
+            return False
+        self.last_error = None
+        return True
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until `ready()`; fail with the provider, the last error and the server log."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            self._check_alive()
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"{self.name} ({self.provider}) at {redact_url(self.url) or '<no url>'} did "
+                    f"not become ready within {timeout:.1f} s; last error: {self.last_error!r}"
+                    + self._diagnostics()
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _check_alive(self) -> None:
+        """Raise at once when the server can no longer come up (e.g. its process exited)."""
+
+    def _diagnostics(self) -> str:
+        """Extra context for error messages, e.g. the tail of a local server's log."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url) or '(not started)'}>"
