@@ -1,0 +1,146 @@
+"""The `stack` command. Catches StackError once: message to stderr, exit 1 (-v: traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stack import roles
+from stack.config import Role, Settings, describe_settings, get_settings, redact_url
+from stack.errors import ConfigError, StackError
+from stack.logs import configure_logging
+
+log = logging.getLogger("stack.cli")
+
+
+def _settings_epilog() -> str:
+    rows = describe_settings()
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["environment (also read from .env):"]
+    for name, default, description in rows:
+        shown = f"[{default}]" if default else ""
+        lines.append(f"  {name:<{width}}  {shown} {description}".rstrip())
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stack",
+        description="Run the roles of a FastAPI + Celery + Redis + PostgreSQL job system.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="start one role (api | worker | beat | flower | migrate | redis)",
+        description="Start one role; without ROLE, SERVICE_TYPE picks it. Arguments after the "
+        "options pass through to the underlying command (uvicorn, celery worker, ...).",
+    )
+    run.add_argument("role", nargs="?", choices=[r.value for r in Role])
+    run.add_argument("--reload", action="store_true", help="restart on code change or crash")
+    commands.add_parser("config", help="print the effective settings, passwords hidden")
+    return parser
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> int:
+    """Replace this process with the role, so signals and exit codes are the role's own."""
+    environment = {**os.environ, **env}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "nt":  # no exec on Windows
+        return subprocess.call(argv, env=environment)
+    os.execvpe(argv[0], argv, environment)
+    return 0  # not reached
+
+
+def _migrate(settings: Settings) -> None:
+    from stack.db import engine_from_settings
+    from stack.jobs.migrate import upgrade
+
+    log.info("migrating %s", redact_url(settings.effective_database_url))
+    engine = engine_from_settings(settings)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if role is Role.MIGRATE:
+        _migrate(settings)
+        return 0
+    if role is Role.REDIS:
+        from stack.embedded_redis import embedded_redis_plan, idle
+
+        argv, why = embedded_redis_plan(settings)
+        if argv is None:
+            idle(why)
+        log.info("starting %s", why)
+        return _exec([*argv, *extra], {})
+    from stack.jobs.registry import load_registry
+
+    launch = roles.launch_for(role, settings, extra, all_queues=load_registry(settings.kinds).queues())
+    for warning in launch.warnings:
+        log.warning(warning)
+    if launch.migrate_first:
+        _migrate(settings)
+    log.info("starting %s: %s", role.value, " ".join(launch.argv))
+    return _exec(launch.argv, launch.env)
+
+
+def _reload(role: Role, extra: Sequence[str]) -> int:
+    from stack.reload import Supervisor
+
+    argv = [sys.executable, "-m", "stack", "run", role.value, *extra]
+    return Supervisor(argv, watch_dir=Path.cwd()).run()
+
+
+def _resolve_role(name: str | None, settings: Settings) -> Role:
+    if name:
+        return Role(name)
+    if settings.service_type:
+        return settings.service_type
+    raise ConfigError(
+        "no role to run: pass one (`stack run api`) or set SERVICE_TYPE to one of "
+        + ", ".join(r.value for r in Role)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    try:
+        settings = get_settings()
+        configure_logging("debug" if args.verbose else settings.log_level)
+        if args.command == "config":
+            for name, value in settings.model_dump(mode="json").items():
+                text = redact_url(value) if isinstance(value, str) and "://" in value else value
+                print(f"{name} = {'***' if name == 'secret_key' and value else text}")
+            return 0
+        role = _resolve_role(args.role, settings)
+        if args.reload:
+            return _reload(role, extra)
+        return run_role(role, settings, extra)
+    except StackError as exc:
+        if args.verbose:
+            log.exception("stack failed")
+        print(f"stack: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,21 +49,49 @@ class Settings(BaseSettings):
     )
 
     # --- names shared with the ecosystem --------------------------------------------------------
-    app_env: AppEnv = Field(AppEnv.DEVELOPMENT, validation_alias=AliasChoices("APP_ENV"))
-    service_type: Role | None = Field(None, validation_alias=AliasChoices("SERVICE_TYPE"))
-    secret_key: str | None = Field(None, validation_alias=AliasChoices("SECRET_KEY"))
-    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"))
-    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"))
+    app_env: AppEnv = Field(
+        AppEnv.DEVELOPMENT,
+        validation_alias=AliasChoices("APP_ENV"),
+        description="development | test | production (production: no silent defaults)",
+    )
+    service_type: Role | None = Field(
+        None,
+        validation_alias=AliasChoices("SERVICE_TYPE"),
+        description="role for `stack run`: api | worker | beat | flower | migrate | redis",
+    )
+    secret_key: str | None = Field(
+        None, validation_alias=AliasChoices("SECRET_KEY"), description="required in production"
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL"),
+        description="default: the embedded Redis, redis://127.0.0.1:STACK_REDIS_PORT/0",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL"),
+        description="postgres[ql][+driver]:// or sqlite:///; default SQLite in STACK_DATA_DIR",
+    )
     celery_broker_url: str | None = Field(
-        None, validation_alias=AliasChoices("CELERY_BROKER_URL")
+        None, validation_alias=AliasChoices("CELERY_BROKER_URL"), description="default: REDIS_URL"
     )
     celery_result_backend: str | None = Field(
-        None, validation_alias=AliasChoices("CELERY_RESULT_BACKEND")
+        None,
+        validation_alias=AliasChoices("CELERY_RESULT_BACKEND"),
+        description="default: REDIS_URL",
     )
-    celery_enabled: bool = Field(True, validation_alias=AliasChoices("CELERY_ENABLED"))
-    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST"))
-    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
-    web_concurrency: int = Field(1, ge=1, validation_alias=AliasChoices("WEB_CONCURRENCY"))
+    celery_enabled: bool = Field(
+        True,
+        validation_alias=AliasChoices("CELERY_ENABLED"),
+        description="false: the API runs jobs inline, no broker needed",
+    )
+    host: str = Field(
+        "127.0.0.1", validation_alias=AliasChoices("HOST"), description="api and flower bind here"
+    )
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"), description="api port")
+    web_concurrency: int = Field(
+        1, ge=1, validation_alias=AliasChoices("WEB_CONCURRENCY"), description="uvicorn workers"
+    )
 
     # --- ours (STACK_*) -----------------------------------------------------------------------------
     kinds: str = Field("app.kinds:registry", description="module:attr of the JobRegistry to serve")
@@ -187,9 +215,7 @@ def normalise_database_url(url: str) -> str:
             query["sslmode"] = "require" if ssl in ("true", "1") else ssl
         parsed = parsed.set(drivername="postgresql+psycopg", query=query)
     elif backend != "sqlite":
-        raise ValueError(
-            f"DATABASE_URL uses {backend!r}; stack supports postgresql (psycopg 3) and sqlite"
-        )
+        raise ValueError(f"DATABASE_URL uses {backend!r}; stack supports postgresql (psycopg 3) and sqlite")
     return parsed.render_as_string(hide_password=False)
 
 
@@ -209,8 +235,10 @@ def redact_url(url: str) -> str:
 _PRODUCTION_REQUIRED = {
     "DATABASE_URL": ("database_url", "the PostgreSQL URL the API and the workers share"),
     "REDIS_URL": ("redis_url", "the Redis URL the API and the workers share"),
-    "SECRET_KEY": ("secret_key", "a long random string, e.g. `python -c 'import secrets; "
-                   "print(secrets.token_urlsafe(48))'`"),
+    "SECRET_KEY": (
+        "secret_key",
+        "a long random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`",
+    ),
 }
 
 

@@ -55,8 +55,10 @@ class JobRunner:
         if job is None:
             existing = self.store.get(job_id)
             if existing is None:
-                log.error("job %s is not in the database; is this worker on another DATABASE_URL "
-                          "than the API?", job_id)
+                log.error(
+                    "job %s is not in the database; is this worker on another DATABASE_URL than the API?",
+                    job_id,
+                )
             else:
                 log.info("job %s is already %s; not running it again", job_id, existing.status)
             return Outcome(status=None, job=existing)
@@ -115,8 +117,9 @@ class JobRunner:
         updated = self.store.retry(job.id, error=error, countdown=countdown)
         if updated is None:
             return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
-        log.warning("job %s attempt %d failed transiently (%s); retry in %g s",
-                    job.id, job.attempts, error, countdown)
+        log.warning(
+            "job %s attempt %d failed transiently (%s); retry in %g s", job.id, job.attempts, error, countdown
+        )
         self._publish(updated)
         return Outcome(status=JobStatus.RETRY, job=updated, countdown=countdown)
 

@@ -22,8 +22,9 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @field_validator("created_at", "updated_at", "started_at", "finished_at", mode="after",
-                     check_fields=False)
+    @field_validator(
+        "created_at", "updated_at", "started_at", "finished_at", mode="after", check_fields=False
+    )
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # SQLite hands back naive datetimes; they were written as UTC.

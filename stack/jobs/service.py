@@ -15,7 +15,7 @@ from stack.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-DEFERRED_MESSAGE = "queued; dispatch deferred: the broker is unreachable, the sweep will send it"
+DEFERRED_MESSAGE = "queued; not dispatched yet: the broker was unreachable"
 
 
 class JobService:

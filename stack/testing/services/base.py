@@ -119,7 +119,7 @@ class Service(ABC):
                 )
             time.sleep(POLL_INTERVAL)
 
-    def _check_alive(self) -> None:
+    def _check_alive(self) -> None:  # noqa: B027 - only local servers can die early
         """Raise at once when the server can no longer come up (e.g. its process exited)."""
 
     def _diagnostics(self) -> str:

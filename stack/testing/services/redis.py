@@ -5,18 +5,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from stack.testing.services.base import Service, ServiceError
-from stack.testing.services.processes import ServerProcess, free_port, read_tail
+from stack.testing.services.base import Service
+from stack.testing.services.local import LocalServer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ class RedisService(Service):
             self._databases = DEFAULT_DATABASES
             client = self.client()
             try:
-                self._databases = int(client.config_get("databases")["databases"])
+                self._databases = int(str(client.config_get("databases")["databases"]))
             except Exception:  # managed Redis often forbids CONFIG; 16 is the server default
                 logger.debug("CONFIG GET databases failed; assuming %d", DEFAULT_DATABASES)
             finally:
@@ -119,94 +116,31 @@ class DockerRedis(RedisService):
             container.stop()
 
 
-class LocalRedis(RedisService):
+class LocalRedis(LocalServer, RedisService):
     """redis-server as our child process, on a free port, with no persistence."""
 
-    provider = "local"
     START_TIMEOUT = 10.0
-    PORT_ATTEMPTS = 3
+    LOG_NAME = "redis.log"
 
     def __init__(self, executable: Path, *, port: int | None = None) -> None:
         super().__init__()
         self.executable = executable
-        self.port = port
-        self._fixed_port = port is not None
-        self._dir: Path | None = None
-        self._process: ServerProcess | None = None
+        self._init_local(port)
 
-    def start(self) -> None:
-        """Start on `port` (or a free one) and wait until it answers PING."""
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="stack-redis-"))
-        attempts = 1 if self._fixed_port else self.PORT_ATTEMPTS
-        for attempt in range(1, attempts + 1):
-            if not self._fixed_port:
-                self.port = free_port()
-            try:
-                self._launch()
-                return
-            except ServiceError:
-                # Another process may have taken the free port between our check and the bind.
-                self._stop_process()
-                if attempt == attempts:
-                    raise
-                logger.debug("redis-server on port %s did not come up; retrying", self.port)
+    def _prepare(self, directory: Path) -> None:
+        pass  # redis-server needs nothing but an empty dir
 
-    def _launch(self) -> None:
-        assert self._dir is not None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process = ServerProcess(
-            [
-                str(self.executable),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self._dir),
-                "--daemonize", "no",
-                "--databases", str(DEFAULT_DATABASES),
-            ],
-            name=f"redis-server :{self.port}",
-            log_path=self._dir / "redis.log",
-            cwd=self._dir,
-        )
-        self._process.start()
-        self.wait_ready(self.START_TIMEOUT)
+    def _argv(self, directory: Path, port: int) -> list[str]:
+        return [
+            str(self.executable),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--daemonize", "no",
+            "--databases", str(DEFAULT_DATABASES),
+        ]
 
-    def stop(self) -> None:
-        """Stop the server but keep the port, so `start()` brings it back at the same URL."""
-        self._stop_process()
-        # The port is ours from now on: a restart must come back where clients expect it.
-        self._fixed_port = self.port is not None
-
-    def _stop_process(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.stop()
-
-    def restart(self, *, downtime: float = 0.0) -> None:
-        """Stop, optionally stay down for `downtime` s, and start again on the same port."""
-        self.stop()
-        if downtime:
-            time.sleep(downtime)
-        self.start()
-
-    def teardown(self) -> None:
-        self.stop()
-        directory, self._dir = self._dir, None
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    def _check_alive(self) -> None:
-        if self._process is None or not self._process.alive():
-            code = self._process.exit_code() if self._process else None
-            raise ServiceError(
-                f"redis-server ({self.executable}) on port {self.port} exited with code {code} "
-                "before answering PING" + self._diagnostics()
-            )
-
-    def _diagnostics(self) -> str:
-        if self._dir is None:
-            return ""
-        tail = read_tail(self._dir / "redis.log")
-        return f"\n--- {self._dir / 'redis.log'} (last lines) ---\n{tail}"
+    def _server_url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"

@@ -1,0 +1,124 @@
+"""Params models of the reference app's job kinds.
+
+They validate untrusted JSON from the API, so every field is bounded and unknown fields are
+rejected: a client that misspells `widht` gets an error naming it instead of a silent default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# Roughly 15 MB of image once decoded: large enough for photos, small enough that a job row and a
+# broker message carrying it stay reasonable.
+MAX_IMAGE_B64_CHARS = 20_000_000
+MAX_LOG_DATA_BYTES = 64 * 1024
+
+_DATA_URL_PREFIX = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageParams(_Params):
+    prompt: str = Field(default="mandelbrot", min_length=1, max_length=2000)
+    width: int = Field(default=512, ge=16, le=2048)
+    height: int = Field(default=512, ge=16, le=2048)
+    tiles: int = Field(default=8, ge=1, le=64, description="horizontal bands rendered one by one")
+    style: Literal["mandelbrot", "julia", "gradient"] = "mandelbrot"
+
+
+def _decode_base64(value: str) -> bytes:
+    # Clients wrap base64 at 76 columns and paste data URLs; both are harmless, anything else
+    # outside the alphabet is a client bug worth reporting rather than silently skipping.
+    payload = _WHITESPACE.sub("", _DATA_URL_PREFIX.sub("", value.strip(), count=1))
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise ValueError("image_data is not valid base64") from None
+
+
+def _check_image(data: bytes) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image_data is too large to analyse safely ({exc})") from None
+    except Exception:
+        # Open and verify() report corrupt input through many exception types depending on the
+        # codec (UnidentifiedImageError, OSError, SyntaxError, struct.error, ...).
+        raise ValueError("image_data is not an image Pillow can read (PNG, JPEG, GIF, WebP, ...)") from None
+
+
+class AnalyzeParams(_Params):
+    image_data: str = Field(
+        min_length=1,
+        max_length=MAX_IMAGE_B64_CHARS,
+        description="base64 image, optionally as a data: URL",
+    )
+    top_colours: int = Field(default=5, ge=1, le=16)
+
+    @field_validator("image_data")
+    @classmethod
+    def _must_be_an_image(cls, value: str) -> str:
+        _check_image(_decode_base64(value))
+        return value
+
+    def image_bytes(self) -> bytes:
+        """The decoded image.
+
+        Decoded again rather than stashed during validation: a field validator cannot reach the
+        instance, and base64 decoding is cheap next to the Pillow `verify()` done once above.
+        """
+        return _decode_base64(self.image_data)
+
+
+class ContentParams(_Params):
+    text: str = Field(min_length=1, max_length=1_000_000)
+    title: str | None = Field(default=None, max_length=200)
+    chapter_words: int = Field(
+        default=800, ge=50, le=20_000, description="chunk size when the text has no chapter headings"
+    )
+
+
+class LogParams(_Params):
+    event: str = Field(min_length=1, max_length=200)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    data: dict[str, Any] = Field(default_factory=dict)
+    actor: str | None = Field(default=None, max_length=200)
+
+    @field_validator("data")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # One audit line must stay one small append; a megabyte payload belongs in storage.
+        size = len(json.dumps(value, default=str).encode())
+        if size > MAX_LOG_DATA_BYTES:
+            raise ValueError(f"data is {size} bytes as JSON; keep it under {MAX_LOG_DATA_BYTES}")
+        return value
+
+
+class DemoParams(_Params):
+    seconds: float = Field(default=1.0, ge=0, le=3600)
+    steps: int = Field(default=10, ge=1, le=1000)
+    fail_at: int | None = Field(default=None, ge=1)
+    transient_failures: int = Field(default=0, ge=0, le=100)
+    message: str = Field(default="working", max_length=200)
+
+    @field_validator("fail_at")
+    @classmethod
+    def _within_steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A field validator (not a model one) so the error's location is `fail_at`; `steps` is
+        # declared first, hence already in info.data unless it was itself invalid.
+        steps = info.data.get("steps")
+        if value is not None and steps is not None and value > steps:
+            raise ValueError(f"fail_at ({value}) must be <= steps ({steps}), or the job would never fail")
+        return value

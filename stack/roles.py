@@ -1,0 +1,136 @@
+"""How each SERVICE_TYPE starts: the one place that builds those command lines.
+
+`stack run <role>` (Procfile.prod, the Dockerfile, compose) and the dev Procfile all come here, so
+the API, the workers, beat and flower are started the same way on a laptop and in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from stack.config import ALL_QUEUES, Role, Settings
+from stack.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CELERY_APP = "stack.worker:app"
+API_FACTORY = "stack.api.app:create_app_from_env"
+POOLS = ("prefork", "threads", "solo", "gevent", "eventlet", "processes")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A process to exec: argv and extra environment; `migrate_first` for the api role."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    migrate_first: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _python_module(module: str) -> list[str]:
+    # The interpreter running `stack`, so the role uses the same virtualenv on every platform.
+    return [sys.executable, "-m", module]
+
+
+def _celery(*args: str) -> list[str]:
+    return [*_python_module("celery"), "-A", CELERY_APP, *args]
+
+
+def worker_queues(settings: Settings, all_queues: Sequence[str]) -> list[str]:
+    queues = list(dict.fromkeys(settings.worker_queues))
+    if not queues or ALL_QUEUES in queues:
+        return sorted(set(all_queues) | {"default"})
+    return queues
+
+
+def api(settings: Settings, extra: Sequence[str] = ()) -> Launch:
+    argv = [
+        *_python_module("uvicorn"),
+        "--factory",
+        API_FACTORY,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.web_concurrency),
+        "--log-level",
+        settings.log_level.lower(),
+        *extra,
+    ]
+    return Launch(argv=argv, migrate_first=settings.migrate_on_start)
+
+
+def worker(
+    settings: Settings,
+    extra: Sequence[str] = (),
+    *,
+    all_queues: Sequence[str],
+    platform: str = sys.platform,
+) -> Launch:
+    queues = worker_queues(settings, all_queues)
+    pool = settings.worker_pool
+    if pool not in POOLS:
+        raise ConfigError(f"STACK_WORKER_POOL={pool!r} is not a Celery pool; use one of {POOLS}")
+    warnings = []
+    if platform == "win32" and pool == "prefork":
+        # billiard's prefork cannot fork on Windows; the worker would start and never run a task.
+        pool = "threads"
+        warnings.append(
+            "prefork does not work on Windows: using the threads pool "
+            "(set STACK_WORKER_POOL=threads or solo to silence this)"
+        )
+    serves_all = ALL_QUEUES in settings.worker_queues
+    name = settings.worker_name or f"{'worker' if serves_all else '-'.join(queues)}@%h"
+    argv = _celery(
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--pool",
+        pool,
+        "--hostname",
+        name,
+        "--loglevel",
+        settings.log_level.upper(),
+    )
+    if settings.worker_concurrency:
+        argv += ["--concurrency", str(settings.worker_concurrency)]
+    return Launch(argv=[*argv, *extra], warnings=warnings)
+
+
+def beat(settings: Settings, extra: Sequence[str] = ()) -> Launch:
+    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    argv = _celery("beat", "--loglevel", settings.log_level.upper(), "--schedule", str(schedule))
+    return Launch(argv=[*argv, *extra])
+
+
+def flower(settings: Settings, extra: Sequence[str] = ()) -> Launch:
+    env = {}
+    if settings.flower_basic_auth:
+        if ":" not in settings.flower_basic_auth:
+            raise ConfigError("STACK_FLOWER_BASIC_AUTH must look like user:password")
+        # Through the environment, not argv: argv is visible to every user in `ps`.
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    elif settings.is_production:
+        raise ConfigError(
+            "flower exposes every task's arguments and can revoke them: with APP_ENV=production "
+            "set STACK_FLOWER_BASIC_AUTH=user:password"
+        )
+    argv = _celery("flower", f"--port={settings.flower_port}", f"--address={settings.host}", *extra)
+    return Launch(argv=argv, env=env)
+
+
+def launch_for(role: Role, settings: Settings, extra: Sequence[str], *, all_queues: Sequence[str]) -> Launch:
+    if role is Role.API:
+        return api(settings, extra)
+    if role is Role.WORKER:
+        return worker(settings, extra, all_queues=all_queues)
+    if role is Role.BEAT:
+        return beat(settings, extra)
+    if role is Role.FLOWER:
+        return flower(settings, extra)
+    raise ValueError(f"{role.value} runs in-process, not as a command line")

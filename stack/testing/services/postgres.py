@@ -1,0 +1,215 @@
+"""PostgreSQL for tests: a given URL, a testcontainers container, or a local postmaster child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from stack.testing.services.base import Service, ServiceError
+from stack.testing.services.local import LocalServer
+from stack.testing.services.processes import RunAs, unprivileged_user
+
+logger = logging.getLogger(__name__)
+
+DOCKER_IMAGE = "postgres:16-alpine"
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def libpq_url(url: str) -> str:
+    """`postgresql://` form of any SQLAlchemy-style URL (`postgresql+psycopg://`, `postgres://`)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.lower().startswith("postgres"):
+        raise ServiceError(f"not a PostgreSQL URL: {url!r}; expected postgresql://user@host/db")
+    return f"postgresql://{rest}"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def new_database_name(prefix: str = "stack_test") -> str:
+    """A fresh, valid database name: `prefix` cleaned up, plus random hex to keep it unique."""
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", prefix.lower()).strip("_") or "stack_test"
+    if cleaned[0].isdigit():
+        cleaned = f"db_{cleaned}"
+    return f"{cleaned[:50]}_{secrets.token_hex(4)}"
+
+
+class PostgresService(Service):
+    name = "postgres"
+
+    def connect(self, url: str | None = None, timeout: float = 5.0) -> psycopg.Connection[Any]:
+        # libpq's connect_timeout is whole seconds (and at least 2 in recent versions).
+        return psycopg.connect(
+            url or self.url, connect_timeout=max(1, round(timeout)), autocommit=True
+        )
+
+    def _probe(self, timeout: float) -> None:
+        with self.connect(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+
+    def database_url(self, name: str) -> str:
+        return with_database(self.url, name)
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create an empty database and return its `postgresql://` URL."""
+        name = name or new_database_name()
+        if not _DB_NAME.match(name):
+            raise ServiceError(
+                f"invalid test database name {name!r}: use lowercase letters, digits and _, "
+                "at most 63 characters"
+            )
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        logger.debug("created database %s", name)
+        return self.database_url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop the database even if connections are still open (worker processes may linger)."""
+        if name == database_name(self.url):
+            raise ServiceError(f"refusing to drop {name!r}: it is the service's own database")
+        ident = sql.Identifier(name)
+        with self.connect() as conn:
+            if conn.info.server_version >= 130000:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+                return
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+
+
+class UrlPostgres(PostgresService):
+    """A PostgreSQL someone else runs (STACK_TEST_DATABASE_URL); we never stop it.
+
+    Test databases are created next to the URL's database, so its user needs CREATEDB.
+    """
+
+    provider = "url"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = libpq_url(url)
+
+    def teardown(self) -> None:
+        pass
+
+
+class DockerPostgres(PostgresService):
+    """A throwaway container started through testcontainers."""
+
+    provider = "docker"
+
+    def __init__(self, image: str | None = None) -> None:
+        super().__init__()
+        self.image = image or os.environ.get("STACK_TEST_POSTGRES_IMAGE", DOCKER_IMAGE)
+        self._container: Any = None
+
+    def start(self) -> None:
+        try:  # testcontainers >= 4.10 moved the modules under `community`
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
+        container = PostgresContainer(
+            self.image, username="postgres", password="postgres", dbname="postgres"
+        )
+        self._container = container
+        container.start()
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5432)
+        # Built by hand: get_connection_url's driver handling differs across 4.x releases.
+        self.url = f"postgresql://postgres:postgres@{host}:{port}/postgres"
+
+    def teardown(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            container.stop()
+
+
+class LocalPostgres(LocalServer, PostgresService):
+    """initdb into a temp dir, then the postmaster as our child process on a free port."""
+
+    START_TIMEOUT = 30.0
+    INITDB_TIMEOUT = 120.0
+    LOG_NAME = "postgres.log"
+    STOP_SIGNAL = signal.SIGINT  # "fast" shutdown: ends sessions, no waiting for clients
+    DEATH_SIGNAL = signal.SIGQUIT  # "immediate": nobody is left to care about a clean stop
+
+    def __init__(self, bin_dir: Path, *, port: int | None = None) -> None:
+        super().__init__()
+        self.bin_dir = bin_dir
+        # PostgreSQL refuses to run as root; None when we are not root.
+        self._init_local(port, run_as=unprivileged_user())
+
+    def _make_dir(self) -> Path:
+        # As root the server runs as another user, who must be able to reach the dir: /tmp is
+        # world-traversable, while TMPDIR may point into /root.
+        parent = "/tmp" if self.run_as and os.path.isdir("/tmp") else None
+        directory = Path(tempfile.mkdtemp(prefix="stack-postgres-", dir=parent))
+        if self.run_as:
+            os.chown(directory, self.run_as.uid, self.run_as.gid)
+        return directory
+
+    def _prepare(self, directory: Path) -> None:
+        argv = [
+            str(self.bin_dir / "initdb"),
+            "-D", str(directory / "data"),
+            "-A", "trust",
+            "-U", "postgres",
+            "-E", "UTF8",
+            "--locale=C",  # the environment's locale may not exist on this machine
+            "--no-sync",
+        ]
+        _run(argv, cwd=directory, run_as=self.run_as, timeout=self.INITDB_TIMEOUT)
+
+    def _argv(self, directory: Path, port: int) -> list[str]:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            # Durability buys nothing in a throwaway cluster and costs seconds per test run.
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+        }
+        argv = [str(self.bin_dir / "postgres"), "-D", str(directory / "data"), "-p", str(port)]
+        argv += ["-k", str(directory)]  # unix socket in our dir, not /var/run/postgresql
+        for key, value in settings.items():
+            argv += ["-c", f"{key}={value}"]
+        return argv
+
+    def _server_url(self, port: int) -> str:
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _run(argv: list[str], *, cwd: Path, run_as: RunAs | None, timeout: float) -> None:
+    extra = run_as.popen_kwargs() if run_as else {}
+    what = f"{Path(argv[0]).name}" + (f" (as user {run_as.name})" if run_as else "")
+    try:
+        result = subprocess.run(  # type: ignore[call-overload]
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, **extra
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(f"{what} did not finish within {timeout:.0f} s: {argv}") from exc
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()[-20:]
+        raise ServiceError(
+            f"{what} failed with exit code {result.returncode}: {' '.join(argv)}\n"
+            + "\n".join(output)
+        )

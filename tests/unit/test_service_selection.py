@@ -1,0 +1,227 @@
+"""Which provider serves Redis and PostgreSQL in tests: pure rules, no servers, no Docker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stack.errors import ConfigError
+from stack.testing.services.base import Kind
+from stack.testing.services.selection import (
+    URL_ENV,
+    Mode,
+    ProviderChoice,
+    Unavailable,
+    parse_mode,
+    resolve_mode,
+    select_provider,
+)
+
+REDIS_BIN = Path("/opt/redis/bin/redis-server")
+PG_BIN = Path("/usr/lib/postgresql/16/bin")
+KINDS: list[Kind] = ["redis", "postgres"]
+
+
+def _never() -> bool:
+    raise AssertionError("Docker must not be asked here")
+
+
+def _no_lookup(kind: Kind) -> Path | None:
+    raise AssertionError("binaries must not be looked up here")
+
+
+def _binaries(found: bool) -> Callable[[Kind], Path | None]:
+    def lookup(kind: Kind) -> Path | None:
+        if not found:
+            return None
+        return REDIS_BIN if kind == "redis" else PG_BIN
+
+    return lookup
+
+
+def select(
+    kind: Kind,
+    mode: Mode = "auto",
+    *,
+    env: dict[str, str] | None = None,
+    docker: bool | Callable[[], bool] = False,
+    binaries: bool | Callable[[Kind], Path | None] = False,
+) -> ProviderChoice | Unavailable:
+    return select_provider(
+        kind,
+        mode,
+        env=env or {},
+        docker_available=docker if callable(docker) else (lambda: docker),
+        find_binaries=binaries if callable(binaries) else _binaries(binaries),
+    )
+
+
+# --- auto ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_url_wins_without_asking_docker_or_looking_for_binaries(kind: Kind) -> None:
+    url = "redis://cache:6379/0" if kind == "redis" else "postgresql://u:p@db/app"
+    choice = select(kind, env={URL_ENV[kind]: url}, docker=_never, binaries=_no_lookup)
+    assert choice == ProviderChoice(kind, "url", url=url)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_docker_when_the_engine_answers(kind: Kind) -> None:
+    choice = select(kind, docker=True, binaries=_no_lookup)
+    assert choice == ProviderChoice(kind, "docker")
+
+
+def test_local_when_no_url_no_docker_but_binaries() -> None:
+    assert select("redis", binaries=True) == ProviderChoice("redis", "local", binary=REDIS_BIN)
+    assert select("postgres", binaries=True) == ProviderChoice("postgres", "local", binary=PG_BIN)
+
+
+def test_blank_url_counts_as_unset() -> None:
+    choice = select("postgres", env={"STACK_TEST_DATABASE_URL": "  "}, binaries=True)
+    assert isinstance(choice, ProviderChoice)
+    assert choice.provider == "local"
+
+
+def test_the_url_of_one_kind_does_not_serve_the_other() -> None:
+    env = {"STACK_TEST_DATABASE_URL": "postgresql://db/app"}
+    redis_choice = select("redis", env=env, binaries=True)
+    assert isinstance(redis_choice, ProviderChoice)
+    assert redis_choice.provider == "local"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nothing_available_says_every_way_to_fix_it(kind: Kind) -> None:
+    choice = select(kind)
+    assert isinstance(choice, Unavailable)
+    assert URL_ENV[kind] in choice.reason
+    assert "Docker" in choice.reason
+    assert "install" in choice.reason
+
+
+def test_postgres_unavailable_reason_names_the_package() -> None:
+    choice = select("postgres")
+    assert isinstance(choice, Unavailable)
+    assert "apt-get install postgresql" in choice.reason
+    assert "STACK_TEST_DATABASE_URL=postgresql://" in choice.reason
+
+
+# --- explicit modes -----------------------------------------------------------------------------
+def test_url_mode_uses_the_url() -> None:
+    env = {"STACK_TEST_REDIS_URL": "redis://r:6379/0"}
+    choice = select("redis", "url", env=env, docker=_never, binaries=_no_lookup)
+    assert choice == ProviderChoice("redis", "url", url="redis://r:6379/0")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_url_mode_without_url_is_unavailable_even_with_docker_and_binaries(kind: Kind) -> None:
+    choice = select(kind, "url", docker=True, binaries=True)
+    assert isinstance(choice, Unavailable)
+    assert f"set {URL_ENV[kind]}=" in choice.reason
+
+
+def test_docker_mode_ignores_the_url() -> None:
+    env = {"STACK_TEST_REDIS_URL": "redis://r:6379/0"}
+    assert select("redis", "docker", env=env, docker=True) == ProviderChoice("redis", "docker")
+
+
+def test_docker_mode_without_engine_is_unavailable_even_with_binaries() -> None:
+    choice = select("postgres", "docker", docker=False, binaries=True)
+    assert isinstance(choice, Unavailable)
+    assert "start Docker" in choice.reason
+
+
+def test_local_mode_ignores_url_and_docker() -> None:
+    env = {"STACK_TEST_DATABASE_URL": "postgresql://db/app"}
+    choice = select("postgres", "local", env=env, docker=_never, binaries=True)
+    assert choice == ProviderChoice("postgres", "local", binary=PG_BIN)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [("redis", "redis-server"), ("postgres", "apt-get install postgresql")],
+)
+def test_local_mode_without_binaries_says_what_to_install(kind: Kind, hint: str) -> None:
+    choice = select(kind, "local", docker=_never)
+    assert isinstance(choice, Unavailable)
+    assert hint in choice.reason
+    assert choice.reason.startswith(f"{kind}:")
+
+
+# --- mode parsing ---------------------------------------------------------------------------------
+def test_option_wins_over_environment() -> None:
+    assert resolve_mode("local", {"STACK_SERVICES": "docker"}) == "local"
+
+
+def test_environment_used_without_option() -> None:
+    assert resolve_mode(None, {"STACK_SERVICES": "Docker "}) == "docker"
+
+
+def test_default_is_auto() -> None:
+    assert resolve_mode(None, {}) == "auto"
+    assert parse_mode("") == "auto"
+
+
+def test_unknown_mode_names_the_value_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"'podman'.*auto, url, docker, local"):
+        parse_mode("podman")
+
+
+# --- finding local binaries -----------------------------------------------------------------------
+def _tool(directory: Path, name: str, content: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(content)
+    path.chmod(0o755)
+
+
+def test_highest_postgres_version_wins_numerically() -> None:
+    from stack.testing.services.binaries import _best
+
+    dirs = [Path("/usr/lib/postgresql/9.6/bin"), Path("/usr/lib/postgresql/16/bin")]
+    assert _best(dirs) == Path("/usr/lib/postgresql/16/bin")
+    assert _best([]) is None
+
+
+def test_real_initdb_on_path_gives_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stack.testing.services.binaries import _from_path
+
+    for tool in ("initdb", "postgres"):
+        _tool(tmp_path / "pg", tool, b"\x7fELF")
+    monkeypatch.setenv("PATH", str(tmp_path / "pg"))
+    assert _from_path() == tmp_path / "pg"
+
+
+def test_debian_pg_wrapper_on_path_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stack.testing.services.binaries import _from_path
+
+    for tool in ("initdb", "postgres"):
+        _tool(tmp_path / "bin", tool, b"#!/usr/bin/perl\n# pg_wrapper\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert _from_path() is None
+
+
+# --- URLs handed to tests -------------------------------------------------------------------------
+def test_redis_logical_database_replaces_path_and_db_query() -> None:
+    from stack.testing.services.redis import with_db
+
+    assert with_db("redis://:pw@h:1/0", 5) == "redis://:pw@h:1/5"
+    assert with_db("rediss://h:1?db=2&ssl_cert_reqs=none", 3) == "rediss://h:1/3?ssl_cert_reqs=none"
+
+
+def test_postgres_urls_are_plain_libpq_form() -> None:
+    from stack.testing.services.postgres import libpq_url, new_database_name, with_database
+
+    assert libpq_url("postgresql+psycopg://u:p@h/db") == "postgresql://u:p@h/db"
+    assert libpq_url("postgres://u@h/db") == "postgresql://u@h/db"
+    assert with_database("postgresql://u@h:5/postgres?sslmode=disable", "t1") == (
+        "postgresql://u@h:5/t1?sslmode=disable"
+    )
+    name = new_database_name("stack_My-Module.v2")
+    assert name.startswith("stack_my_module_v2_")
+    assert name != new_database_name("stack_My-Module.v2")
+    assert len(new_database_name("x" * 100)) <= 63
