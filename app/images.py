@@ -233,6 +233,9 @@ def _stats_image(image: Image.Image) -> Image.Image:
         return image.copy()  # the original dies when its file is closed
     if image.mode == "P" and "transparency" in image.info:
         return image.convert("RGBA")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        # 16-bit greyscale (PNG, TIFF): convert("L") would clip everything above 255 to white.
+        return image.convert("I").point(lambda value: value / 256).convert("L")
     return image.convert("RGB")
 
 

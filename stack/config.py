@@ -263,10 +263,19 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{env_name_of(field)}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{env_name_of(field)}: {err['msg']} (got {_shown(field, err.get('input'))})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     check_production(settings)
     return settings
+
+
+def _shown(field: str, value: Any) -> str:
+    """An offending value as it may appear in an error message: no password, no secret."""
+    if field == "secret_key":
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        return repr(redact_url(value))
+    return repr(value)
 
 
 def env_name_of(field: str) -> str:

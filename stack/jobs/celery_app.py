@@ -87,7 +87,7 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
     if kind.time_limit is not None:
         options["time_limit"] = kind.time_limit
 
-    @app.task(name=kind.task_name, bind=True, max_retries=None, **options)
+    @app.task(name=kind.task_name, bind=True, max_retries=None, shared=False, **options)
     def run_job(self: Task, job_id: str) -> None:
         outcome = runtime.get().runner.run(job_id, worker=self.request.hostname or "worker")
         if outcome.status is JobStatus.RETRY:

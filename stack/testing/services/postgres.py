@@ -127,11 +127,16 @@ class DockerPostgres(PostgresService):
             from testcontainers.community.postgres import PostgresContainer
         except ImportError:
             from testcontainers.postgres import PostgresContainer
-        container = PostgresContainer(
-            self.image, username="postgres", password="postgres", dbname="postgres"
-        )
-        self._container = container
-        container.start()
+        try:
+            container = PostgresContainer(
+                self.image, username="postgres", password="postgres", dbname="postgres"
+            )
+            self._container = container
+            container.start()
+        except Exception as exc:
+            raise ServiceError(
+                f"postgres (docker): could not start {self.image} with testcontainers: {exc}"
+            ) from exc
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5432)
         # Built by hand: get_connection_url's driver handling differs across 4.x releases.

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from stack.testing.services.base import Service
+from stack.testing.services.base import Service, ServiceError
 from stack.testing.services.local import LocalServer
 
 logger = logging.getLogger(__name__)
@@ -103,9 +103,14 @@ class DockerRedis(RedisService):
             from testcontainers.community.redis import RedisContainer
         except ImportError:
             from testcontainers.redis import RedisContainer
-        container = RedisContainer(self.image)
-        self._container = container
-        container.start()
+        try:
+            container = RedisContainer(self.image)
+            self._container = container
+            container.start()
+        except Exception as exc:
+            raise ServiceError(
+                f"redis (docker): could not start {self.image} with testcontainers: {exc}"
+            ) from exc
         host = container.get_container_host_ip()
         port = container.get_exposed_port(6379)
         self.url = f"redis://{host}:{port}/0"

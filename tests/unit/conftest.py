@@ -1,0 +1,52 @@
+"""Fast-suite fixtures: SQLite, fakeredis, an in-process Celery worker on the memory transport."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.config import Settings
+from stack.jobs.migrate import upgrade
+from stack.runtime import Runtime, build_runtime
+
+_OUR_ENV = ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+            "CELERY_ENABLED", "SERVICE_TYPE", "SECRET_KEY", "APP_ENV", "HOST", "PORT",
+            "WEB_CONCURRENCY")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The machine's (or CI's) own settings must not leak into unit tests."""
+    for name in list(os.environ):
+        if name in _OUR_ENV or name.startswith("STACK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env, and .stack/ lands in the test's folder
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "progress_interval": 0.0,
+        "task_retry_backoff": 0.01,
+        "celery_broker_url": "memory://",
+        "celery_result_backend": "cache+memory://",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = build_runtime(settings)
+    upgrade(rt.engine)
+    yield rt
+    rt.engine.dispose()

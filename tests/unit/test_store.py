@@ -1,0 +1,102 @@
+"""Job table semantics: atomic claims, monotonic progress, terminal states stay terminal."""
+
+from __future__ import annotations
+
+import json
+
+import fakeredis
+from sqlalchemy import inspect
+
+from stack.jobs.events import RedisPublisher, channel_for
+from stack.jobs.migrate import current_revision, head_revision, upgrade
+from stack.jobs.models import JobStatus
+from stack.runtime import Runtime
+
+
+def test_migration_creates_the_table_and_is_idempotent(runtime: Runtime) -> None:
+    assert "stack_jobs" in inspect(runtime.engine).get_table_names()
+    assert current_revision(runtime.engine) == head_revision()
+    assert upgrade(runtime.engine) == head_revision()
+
+
+def test_create_is_pending_at_zero(runtime: Runtime) -> None:
+    job = runtime.store.create(kind="demo", queue="default", params={"seconds": 1})
+    stored = runtime.store.get(job.id)
+    assert stored is not None
+    assert (stored.status, stored.progress, stored.attempts, stored.dispatched_at) == (
+        JobStatus.PENDING, 0, 0, None,
+    )
+
+
+def test_claim_counts_attempts_and_redelivery_reclaims(runtime: Runtime) -> None:
+    store = runtime.store
+    job = store.create(kind="demo", queue="default", params={})
+    first = store.claim(job.id, worker="w1")
+    assert first is not None and first.attempts == 1 and first.worker == "w1"
+    store.set_progress(job.id, 30, "a third")
+    # The worker died; the broker redelivers; another worker claims the same row.
+    second = store.claim(job.id, worker="w2")
+    assert second is not None
+    assert (second.attempts, second.worker, second.progress) == (2, "w2", 30)
+    assert second.started_at == first.started_at
+
+
+def test_finished_or_revoked_jobs_are_not_claimed(runtime: Runtime) -> None:
+    store = runtime.store
+    done = store.create(kind="demo", queue="default", params={})
+    store.claim(done.id, worker="w")
+    store.succeed(done.id, result={"ok": True})
+    assert store.claim(done.id, worker="w") is None
+    revoked = store.create(kind="demo", queue="default", params={})
+    assert store.revoke(revoked.id) is not None
+    assert store.claim(revoked.id, worker="w") is None
+    assert store.claim("no-such-id", worker="w") is None
+
+
+def test_progress_in_the_database_never_goes_backwards(runtime: Runtime) -> None:
+    store = runtime.store
+    job = store.create(kind="demo", queue="default", params={})
+    store.claim(job.id, worker="w")
+    assert store.set_progress(job.id, 60, "sixty")
+    assert store.set_progress(job.id, 20, "a retried attempt starting over")
+    stored = store.get(job.id)
+    assert stored is not None and stored.progress == 60
+
+
+def test_terminal_states_stay_terminal(runtime: Runtime) -> None:
+    store = runtime.store
+    job = store.create(kind="demo", queue="default", params={})
+    store.claim(job.id, worker="w")
+    store.fail(job.id, error="boom")
+    assert store.succeed(job.id, result=1) is None
+    assert store.revoke(job.id) is None
+    assert store.set_progress(job.id, 90, "late") is False
+    stored = store.get(job.id)
+    assert stored is not None
+    assert (stored.status, stored.error, stored.finished_at is not None) == (JobStatus.FAILURE, "boom", True)
+
+
+def test_list_filters_and_orders_newest_first(runtime: Runtime) -> None:
+    store = runtime.store
+    ids = [store.create(kind=k, queue="q", params={}).id for k in ("demo", "write_log", "demo")]
+    store.revoke(ids[0])
+    assert [j.id for j in store.list(kind="demo")] == [ids[2], ids[0]]
+    assert [j.id for j in store.list(status=JobStatus.REVOKED)] == [ids[0]]
+    assert len(store.list(limit=2)) == 2
+
+
+def test_events_are_published_on_the_job_channel() -> None:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    subscriber = fakeredis.FakeRedis(server=server).pubsub()
+    subscriber.subscribe(channel_for("j1"))
+    subscriber.get_message(timeout=1)  # the subscribe confirmation
+    RedisPublisher(client).publish("j1", {"status": "progress", "progress": 40})
+    message = subscriber.get_message(timeout=1)
+    assert message is not None
+    assert json.loads(message["data"]) == {"status": "progress", "progress": 40}
+
+
+def test_publisher_survives_a_dead_redis() -> None:
+    publisher = RedisPublisher.from_url("redis://127.0.0.1:1/0", timeout=0.2)
+    publisher.publish("j1", {"status": "progress"})  # logs a warning, never raises
