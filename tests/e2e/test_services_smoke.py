@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import redis
 
-from stack.testing.services import ServiceError, find_binaries
+from stack.testing.services import Kind, ServiceError, find_binaries
 from stack.testing.services.postgres import PostgresService, database_name
 from stack.testing.services.redis import LocalRedis, RedisService
 
@@ -168,10 +168,10 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
-def test_server_dies_with_a_killed_test_run(kind: str) -> None:
+def test_server_dies_with_a_killed_test_run(kind: Kind) -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("the parent-death signal is Linux only")
-    if find_binaries(kind) is None:  # type: ignore[arg-type]
+    if find_binaries(kind) is None:
         pytest.skip(f"{kind}: no local binaries")
     parent = subprocess.Popen(
         [sys.executable, "-c", _CHILD, kind], stdout=subprocess.PIPE, text=True

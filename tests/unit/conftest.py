@@ -12,9 +12,19 @@ from stack.config import Settings
 from stack.jobs.migrate import upgrade
 from stack.runtime import Runtime, build_runtime
 
-_OUR_ENV = ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
-            "CELERY_ENABLED", "SERVICE_TYPE", "SECRET_KEY", "APP_ENV", "HOST", "PORT",
-            "WEB_CONCURRENCY")
+_OUR_ENV = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "CELERY_ENABLED",
+    "SERVICE_TYPE",
+    "SECRET_KEY",
+    "APP_ENV",
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+)
 
 
 @pytest.fixture(autouse=True)

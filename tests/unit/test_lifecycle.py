@@ -76,7 +76,9 @@ def test_runner_transient_error_asks_for_retry_then_gives_up(tmp_path: Path) -> 
     first = runtime.runner.run(job_id, worker="w")
     assert first.status is JobStatus.RETRY and first.countdown > 0
     stored = runtime.store.get(job_id)
-    assert stored is not None and stored.status is JobStatus.RETRY and "transient failure 1/5" in stored.message
+    assert (
+        stored is not None and stored.status is JobStatus.RETRY and "transient failure 1/5" in stored.message
+    )
     second = runtime.runner.run(job_id, worker="w")
     assert second.status is JobStatus.FAILURE
     assert second.job is not None and "gave up after 2 attempts" in (second.job.error or "")
@@ -132,8 +134,13 @@ def service(worker_runtime: Runtime) -> Iterator[JobService]:
     app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.stack_runtime._runtime = worker_runtime  # type: ignore[attr-defined]  # same SQLite file
     with start_worker(
-        app, pool="threads", concurrency=2, perform_ping_check=False, queues=ALL_QUEUES,
-        loglevel="WARNING", shutdown_timeout=10,
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        queues=ALL_QUEUES,
+        loglevel="WARNING",
+        shutdown_timeout=10,
     ):
         yield JobService(worker_runtime, app)
 

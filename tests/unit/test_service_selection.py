@@ -183,9 +183,7 @@ def test_highest_postgres_version_wins_numerically() -> None:
     assert _best([]) is None
 
 
-def test_real_initdb_on_path_gives_its_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_real_initdb_on_path_gives_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stack.testing.services.binaries import _from_path
 
     for tool in ("initdb", "postgres"):
@@ -194,9 +192,7 @@ def test_real_initdb_on_path_gives_its_directory(
     assert _from_path() == tmp_path / "pg"
 
 
-def test_debian_pg_wrapper_on_path_is_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_debian_pg_wrapper_on_path_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stack.testing.services.binaries import _from_path
 
     for tool in ("initdb", "postgres"):

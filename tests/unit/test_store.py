@@ -24,7 +24,10 @@ def test_create_is_pending_at_zero(runtime: Runtime) -> None:
     stored = runtime.store.get(job.id)
     assert stored is not None
     assert (stored.status, stored.progress, stored.attempts, stored.dispatched_at) == (
-        JobStatus.PENDING, 0, 0, None,
+        JobStatus.PENDING,
+        0,
+        0,
+        None,
     )
 
 
