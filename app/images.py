@@ -26,7 +26,6 @@ from stack.jobs.registry import JobContext
 BandRenderer = Callable[[int, int], Image.Image]
 RGB = tuple[int, int, int]
 
-MANDELBROT_ITERATIONS = 100
 JULIA_ITERATIONS = 40
 # Well-known Julia constants with pleasant shapes; the prompt picks one.
 JULIA_CONSTANTS: tuple[complex, ...] = (
@@ -99,7 +98,7 @@ def _mandelbrot(params: ImageParams) -> BandRenderer:
 
     def render(top: int, bottom: int) -> Image.Image:
         size = (params.width, bottom - top)
-        grey = Image.effect_mandelbrot(size, view.band_extent(top, bottom), MANDELBROT_ITERATIONS)
+        grey = Image.effect_mandelbrot(size, view.band_extent(top, bottom), params.iterations)
         # Most points escape in a few iterations, so the raw image is nearly black; a square-root
         # curve brings out the filaments around the set.
         return grey.point(_SQRT_CURVE)

@@ -35,6 +35,11 @@ class ImageParams(_Params):
     height: int = Field(default=512, ge=16, le=2048)
     tiles: int = Field(default=8, ge=1, le=64, description="horizontal bands rendered one by one")
     style: Literal["mandelbrot", "julia", "gradient"] = "mandelbrot"
+    # The knob between "instant" and "a render you watch": time grows about linearly with it,
+    # as it would with a real provider's quality setting.
+    iterations: int = Field(
+        default=100, ge=10, le=5000, description="mandelbrot escape-time iterations: detail and time"
+    )
 
 
 def _decode_base64(value: str) -> bytes:

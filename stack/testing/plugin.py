@@ -109,9 +109,7 @@ def stack_services_mode(pytestconfig: pytest.Config) -> Mode:
 
 
 @pytest.fixture(scope="session")
-def stack_redis_service(
-    pytestconfig: pytest.Config, stack_services_mode: Mode
-) -> Iterator[RedisService]:
+def stack_redis_service(pytestconfig: pytest.Config, stack_services_mode: Mode) -> Iterator[RedisService]:
     yield from cast("Iterator[RedisService]", _serve(pytestconfig, "redis", stack_services_mode))
 
 
@@ -186,5 +184,21 @@ def _db_prefix(module: str) -> str:
 
 
 # --- process fixtures -----------------------------------------------------------------------------
-# Part 2 (API/worker process fixtures, progress assertions) lives in its own module and is
-# re-exported here once it exists, so the entry point keeps registering a single plugin.
+# Re-exported so that the one entry point registers them too.
+from stack.testing.fixtures import (  # noqa: E402
+    stack_api,
+    stack_env,
+    stack_processes,
+    stack_procfile,
+    stack_service_env,
+    stack_start,
+)
+
+__all__ = [
+    "stack_api",
+    "stack_env",
+    "stack_processes",
+    "stack_procfile",
+    "stack_service_env",
+    "stack_start",
+]

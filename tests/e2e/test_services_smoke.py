@@ -89,9 +89,7 @@ def test_database_url_accepts_sql(stack_database_url: str) -> None:
     assert rows == [("a",), ("b",)]
 
 
-def test_module_database_is_its_own(
-    stack_database_url: str, stack_postgres_service: PostgresService
-) -> None:
+def test_module_database_is_its_own(stack_database_url: str, stack_postgres_service: PostgresService) -> None:
     name = database_name(stack_database_url)
     assert name not in ("postgres", "template0", "template1", "")
     assert name.startswith("stack_services_smoke_")
@@ -113,9 +111,7 @@ def test_drop_database_works_with_open_connections(stack_postgres_service: Postg
     finally:
         lingering.close()
     with psycopg.connect(stack_postgres_service.url, autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (database_name(url),)
-        ).fetchone()
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database_name(url),)).fetchone()
     assert found is None
 
 
@@ -173,9 +169,7 @@ def test_server_dies_with_a_killed_test_run(kind: Kind) -> None:
         pytest.skip("the parent-death signal is Linux only")
     if find_binaries(kind) is None:
         pytest.skip(f"{kind}: no local binaries")
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, kind], stdout=subprocess.PIPE, text=True
-    )
+    parent = subprocess.Popen([sys.executable, "-c", _CHILD, kind], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         started = json.loads(parent.stdout.readline())

@@ -55,9 +55,7 @@ class PostgresService(Service):
 
     def connect(self, url: str | None = None, timeout: float = 5.0) -> psycopg.Connection[Any]:
         # libpq's connect_timeout is whole seconds (and at least 2 in recent versions).
-        return psycopg.connect(
-            url or self.url, connect_timeout=max(1, round(timeout)), autocommit=True
-        )
+        return psycopg.connect(url or self.url, connect_timeout=max(1, round(timeout)), autocommit=True)
 
     def _probe(self, timeout: float) -> None:
         with self.connect(timeout=timeout) as conn:
@@ -175,10 +173,14 @@ class LocalPostgres(LocalServer, PostgresService):
     def _prepare(self, directory: Path) -> None:
         argv = [
             str(self.bin_dir / "initdb"),
-            "-D", str(directory / "data"),
-            "-A", "trust",
-            "-U", "postgres",
-            "-E", "UTF8",
+            "-D",
+            str(directory / "data"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
             "--locale=C",  # the environment's locale may not exist on this machine
             "--no-sync",
         ]
@@ -215,6 +217,5 @@ def _run(argv: list[str], *, cwd: Path, run_as: RunAs | None, timeout: float) ->
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()[-20:]
         raise ServiceError(
-            f"{what} failed with exit code {result.returncode}: {' '.join(argv)}\n"
-            + "\n".join(output)
+            f"{what} failed with exit code {result.returncode}: {' '.join(argv)}\n" + "\n".join(output)
         )

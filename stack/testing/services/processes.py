@@ -165,7 +165,10 @@ class ServerProcess:
                 except subprocess.TimeoutExpired:
                     logger.warning(
                         "%s (pid %s) ignored %s for %.1f s; killing it",
-                        self.name, proc.pid, self.stop_signal.name, timeout,
+                        self.name,
+                        proc.pid,
+                        self.stop_signal.name,
+                        timeout,
                     )
                     proc.kill()
                     proc.wait(5)

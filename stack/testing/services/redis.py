@@ -39,9 +39,7 @@ class RedisService(Service):
         self._databases: int | None = None
 
     def client(self, url: str | None = None, timeout: float = 2.0) -> redis.Redis:
-        return redis.Redis.from_url(
-            url or self.url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        return redis.Redis.from_url(url or self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def _probe(self, timeout: float) -> None:
         client = self.client(timeout=timeout)
@@ -138,13 +136,20 @@ class LocalRedis(LocalServer, RedisService):
     def _argv(self, directory: Path, port: int) -> list[str]:
         return [
             str(self.executable),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-            "--daemonize", "no",
-            "--databases", str(DEFAULT_DATABASES),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--daemonize",
+            "no",
+            "--databases",
+            str(DEFAULT_DATABASES),
         ]
 
     def _server_url(self, port: int) -> str:

@@ -100,8 +100,7 @@ def select_provider(
     if mode == "url":
         return Unavailable(
             kind,
-            f"{kind}: --stack-services=url but {env_name} is not set; "
-            f"set {env_name}={_URL_EXAMPLE[kind]}",
+            f"{kind}: --stack-services=url but {env_name} is not set; set {env_name}={_URL_EXAMPLE[kind]}",
         )
     if mode in ("auto", "docker") and docker_available():
         return ProviderChoice(kind, "docker")
@@ -145,9 +144,7 @@ def find_binaries(kind: Kind) -> Path | None:
     return find_redis_server() if kind == "redis" else find_postgres_bin_dir()
 
 
-def choose(
-    kind: Kind, mode: Mode, env: Mapping[str, str] | None = None
-) -> ProviderChoice | Unavailable:
+def choose(kind: Kind, mode: Mode, env: Mapping[str, str] | None = None) -> ProviderChoice | Unavailable:
     """`select_provider` with the real environment, Docker check and binary lookup."""
     return select_provider(
         kind,
