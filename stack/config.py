@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -138,6 +138,20 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_role(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+    @model_validator(mode="after")
+    def _limits_make_sense(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                "STACK_TASK_SOFT_TIME_LIMIT must be lower than STACK_TASK_TIME_LIMIT, or handlers "
+                "are killed without the chance to fail cleanly"
+            )
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "STACK_VISIBILITY_TIMEOUT must be longer than STACK_TASK_TIME_LIMIT, or Redis hands "
+                "a job that is still running to a second worker"
+            )
+        return self
 
     # --- derived values -------------------------------------------------------------------------
     @property
@@ -262,7 +276,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a rule across several settings; its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
             problems.append(f"{env_name_of(field)}: {err['msg']} (got {_shown(field, err.get('input'))})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     check_production(settings)

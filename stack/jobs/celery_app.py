@@ -22,10 +22,14 @@ log = logging.getLogger(__name__)
 
 def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
     timeout = settings.broker_timeout
+    visibility = settings.effective_visibility_timeout
     transport_options = {
         # Unacked jobs come back after this long when a whole worker died (SIGKILL, OOM, node
         # lost); it must outlast the longest job or a slow job would run twice.
-        "visibility_timeout": settings.effective_visibility_timeout,
+        "visibility_timeout": visibility,
+        # Look for such abandoned jobs every few seconds, not kombu's default of every ~100 s.
+        "unacked_restore_interval": int(max(1, min(10, visibility // 4))),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": timeout,
         "socket_timeout": max(timeout, 5.0),
     }

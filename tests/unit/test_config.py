@@ -110,3 +110,16 @@ def test_fingerprint_compares_without_secrets() -> None:
     b = Settings(_env_file=None, redis_url="redis://:pw@b:6379/0")  # type: ignore[call-arg]
     assert a.fingerprint()["broker"] != b.fingerprint()["broker"]
     assert "pw" not in str(a.fingerprint())
+
+
+def test_time_limits_must_nest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STACK_TASK_SOFT_TIME_LIMIT", "30")
+    monkeypatch.setenv("STACK_TASK_TIME_LIMIT", "20")
+    with pytest.raises(ConfigError, match="STACK_TASK_SOFT_TIME_LIMIT must be lower"):
+        load_settings()
+    monkeypatch.setenv("STACK_TASK_SOFT_TIME_LIMIT", "10")
+    monkeypatch.setenv("STACK_VISIBILITY_TIMEOUT", "15")
+    with pytest.raises(ConfigError, match="STACK_VISIBILITY_TIMEOUT must be longer"):
+        load_settings()
+    monkeypatch.setenv("STACK_VISIBILITY_TIMEOUT", "25")
+    assert load_settings().effective_visibility_timeout == 25

@@ -1,0 +1,56 @@
+"""A worker killed with SIGKILL mid-job loses nothing: acks_late + reject_on_worker_lost, and
+Redis hands the unacknowledged job to the restarted worker after the visibility timeout."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stack.testing.jobs import JobClient
+from stack.testing.procfile import ProcfileStack
+from tests.e2e.conftest import E2E_ENV
+
+pytestmark = pytest.mark.e2e
+
+VISIBILITY_TIMEOUT = 6
+
+
+@pytest.fixture(scope="module")
+def stack_env() -> dict[str, str]:
+    # Short limits so a lost worker's job comes back within seconds, not the default hour-ish.
+    return {
+        **E2E_ENV,
+        "STACK_TASK_SOFT_TIME_LIMIT": "4",
+        "STACK_TASK_TIME_LIMIT": "5",
+        "STACK_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
+
+
+def test_worker_sigkilled_mid_job_then_restarted_finishes_the_job(
+    stack_api: JobClient, stack_processes: ProcfileStack
+) -> None:
+    submitted = stack_api.submit("demo", {"seconds": 2.5, "steps": 25})
+    running = stack_api.follow(submitted, timeout=20, until=lambda job: job["progress"] >= 20)
+    assert running.final["attempts"] == 1
+
+    stack_processes["worker"].kill()  # the whole worker: main process and pool, no shutdown code
+    killed_at = time.monotonic()
+    time.sleep(1)
+    assert stack_api.get(submitted["task_id"])["status"] == "progress"  # nobody is running it
+
+    stack_processes["worker"].start()
+    stack_processes.wait_ready(timeout=60)
+    trajectory = stack_api.follow(submitted, timeout=VISIBILITY_TIMEOUT + 30)
+    final = trajectory.final
+    assert final["status"] == "success", trajectory.describe()
+    assert final["attempts"] == 2, "the job must have run again after the kill"
+    assert final["progress"] == 100
+    assert time.monotonic() - killed_at >= VISIBILITY_TIMEOUT - 1.5  # it came back through Redis
+
+
+def test_nothing_else_was_lost_or_duplicated(stack_api: JobClient) -> None:
+    jobs = [stack_api.submit("demo", {"seconds": 0.2, "steps": 2}) for _ in range(6)]
+    finals = [stack_api.follow(job, timeout=30).final for job in jobs]
+    assert [f["status"] for f in finals] == ["success"] * 6
+    assert all(f["attempts"] == 1 for f in finals)
