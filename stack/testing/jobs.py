@@ -4,6 +4,7 @@ stuck in and what the processes logged."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def assert_progressed(trajectory: Trajectory, *, intermediate: int = 2) -> None:
     )
     assert values[0] == 0, f"progress did not start at 0; {where}"
     assert values[-1] == 100, f"progress did not end at 100; {where}"
-    backwards = [(a, b) for a, b in zip(values, values[1:], strict=False) if b < a]
+    backwards = [(a, b) for a, b in itertools.pairwise(values) if b < a]
     assert not backwards, f"progress went backwards {backwards}; {where}"
     between = sorted({v for v in values if 0 < v < 100})
     assert len(between) >= intermediate, (

@@ -7,6 +7,7 @@ running. Output goes to one log file per process; errors quote their tails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -79,10 +80,8 @@ class AppProcess:
 
     def signal_group(self, sig: signal.Signals) -> None:
         if self._proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM to the whole group (warm shutdown), SIGKILL after `timeout`."""
