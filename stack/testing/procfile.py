@@ -41,6 +41,18 @@ _SCRUBBED = (
 )
 
 
+def shell_exec(command: str) -> str:
+    """`exec env <line>` for a simple Procfile line, so the role *is* our child process.
+
+    Without it `sh` stays in between: a SIGTERM kills the shell at once while the worker is
+    still shutting down, and "stopped" would not mean stopped. `env` keeps the `NAME=value`
+    prefixes Procfiles use; lines with shell operators run as they are, as honcho runs them.
+    """
+    if any(char in command for char in ";&|<>()`"):
+        return command
+    return f"exec env {command}"
+
+
 class AppProcess:
     def __init__(self, name: str, command: str, *, cwd: Path, env: Mapping[str, str], log_path: Path):
         self.name = name
@@ -68,7 +80,7 @@ class AppProcess:
             out.write(f"--- starting {self.name}: {self.command}\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", self.command],
+                ["/bin/sh", "-c", shell_exec(self.command)],
                 cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -84,10 +96,12 @@ class AppProcess:
                 os.killpg(self._proc.pid, sig)
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        """SIGTERM to the whole group (warm shutdown), SIGKILL after `timeout`."""
+        """SIGTERM to the role's process, as `docker stop` sends it (Celery: warm shutdown, which
+        lets the running job finish); SIGKILL to the whole group after `timeout`."""
         if self._proc is None:
             return
-        self.signal_group(signal.SIGTERM)
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
