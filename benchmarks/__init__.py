@@ -1,1 +1,0 @@
-"""Micro-benchmarks of the job layer against bare FastAPI + Celery: `python -m benchmarks`."""

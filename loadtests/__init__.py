@@ -1,1 +1,0 @@
-"""Load scenarios (locust) and the async-vs-inline comparison of the stack."""
