@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the job layer against bare FastAPI + Celery: `python -m benchmarks`."""

@@ -1,0 +1,217 @@
+"""Pipeline drain: N queued jobs through our job layer against N bare Celery no-op tasks.
+
+Both run on the same worker command line (the stack's worker role: pool, concurrency, prefetch,
+acks_late, events), one after the other. To time the workers and not the submitting, each worker
+first stops consuming its queue, the N messages are queued, and the clock starts when it consumes
+again; it stops at the N-th `task-succeeded` event (the worker sends them for both).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bare import BARE_QUEUE, NOOP_TASK, create_bare_celery
+from loadtests import stackproc
+from stack import roles
+from stack.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+BARE_APP = "benchmarks.bare:celery_app"
+
+
+class DrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class DrainFigures:
+    name: str
+    jobs: int
+    seconds: float
+    failed: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+class SuccessCounter:
+    """Counts task-succeeded (and task-failed) events of the given task ids, in a thread."""
+
+    def __init__(self, app: Any, ids: set[str]) -> None:
+        self.app = app
+        self.ids = ids
+        self.succeeded = 0
+        self.failed = 0
+        self.done = threading.Event()
+        self.last_at = 0.0
+        self._receiver: Any = None
+        self._subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drain-events", daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("uuid") not in self.ids:
+            return
+        if event["type"] == "task-succeeded":
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        if self.succeeded + self.failed >= len(self.ids):
+            self.last_at = time.perf_counter()
+            self.done.set()
+            self._receiver.should_stop = True
+
+    def _run(self) -> None:
+        with self.app.connection_for_read() as conn:
+            receiver = self.app.events.Receiver(
+                conn,
+                handlers={"task-succeeded": self._on_event, "task-failed": self._on_event, "*": _ignore},
+            )
+            # Events are pub/sub: any sent before we subscribe are lost, so the clock may only
+            # start once the consumer is declared.
+            receiver.on_consume_ready = lambda *args, **kwargs: self._subscribed.set()
+            self._receiver = receiver
+            receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def start(self, timeout: float = 10) -> None:
+        self._thread.start()
+        if not self._subscribed.wait(timeout):
+            raise DrainError(f"the event receiver did not subscribe within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        # The receiver checks should_stop between drains of at most a second.
+        self._thread.join(timeout=5)
+
+
+def _ignore(event: dict[str, Any]) -> None:
+    return None
+
+
+def _set_consuming(app: Any, node: str, queue: str, *, consume: bool) -> None:
+    control = app.control
+    call = control.add_consumer if consume else control.cancel_consumer
+    replies = call(queue, destination=[node], reply=True, timeout=5)
+    if not replies:
+        raise DrainError(f"worker {node} did not answer {'add' if consume else 'cancel'}_consumer({queue})")
+
+
+def drain(
+    *, name: str, app: Any, node: str, queue: str, submit: Any, count: int, timeout: float
+) -> DrainFigures:
+    """Pause `node` on `queue`, `submit()` `count` messages, resume and time until all succeeded."""
+    _set_consuming(app, node, queue, consume=False)
+    ids = {str(uuid.uuid4()) for _ in range(count)}
+    counter = SuccessCounter(app, ids)
+    counter.start()
+    try:
+        for task_id in ids:
+            submit(task_id)
+        started = time.perf_counter()
+        _set_consuming(app, node, queue, consume=True)
+        if not counter.done.wait(timeout):
+            raise DrainError(
+                f"{name}: {counter.succeeded + counter.failed} of {count} tasks finished within {timeout:g} s"
+            )
+    finally:
+        counter.stop()
+    return DrainFigures(name=name, jobs=count, seconds=counter.last_at - started, failed=counter.failed)
+
+
+def worker_argv(settings: Settings, *, app: str | None = None, queue: str | None = None) -> list[str]:
+    """The worker role's command line; `app` and `queue` swap in the baseline, nothing else."""
+    launch = roles.worker(settings, all_queues=[queue] if queue else ["default"])
+    argv = launch.argv
+    if app is not None:
+        argv = [app if part == roles.CELERY_APP else part for part in argv]
+    return argv
+
+
+def worker_settings(stack: stackproc.StackEnv, *, name: str, queues: str = "all") -> Settings:
+    """The settings `stack run worker` builds its command line from, for this StackEnv."""
+    return load_settings(
+        redis_url=stack.redis_url,
+        database_url=stack.database_url,
+        data_dir=stack.data_dir,
+        worker_pool=stack.worker_pool,
+        worker_concurrency=stack.worker_concurrency,
+        worker_name=f"{name}@%h",
+        worker_queues=queues,
+        log_level=stack.log_level,
+    )
+
+
+def run_drain(
+    *,
+    stack: stackproc.StackEnv,
+    bare: stackproc.StackEnv,
+    log_dir: Path,
+    count: int,
+    steps: int,
+    timeout: float,
+) -> tuple[DrainFigures, DrainFigures]:
+    from stack.jobs.celery_app import create_celery
+    from stack.jobs.registry import load_registry
+    from stack.jobs.service import JobService
+    from stack.runtime import build_runtime
+
+    settings = worker_settings(stack, name="ours")
+    registry = load_registry(settings.kinds)
+    kind = registry.get("demo")
+    runtime = build_runtime(settings, registry)
+    celery = create_celery(settings, registry)
+    service = JobService(runtime, celery)
+    params = kind.validate({"seconds": 0, "steps": steps}).model_dump(mode="json")
+
+    def submit_ours(task_id: str) -> None:
+        # The job layer's own two steps, with the id we listen for (submit() picks a fresh one).
+        job = service.store.create(kind=kind.name, queue=kind.queue, params=params, job_id=task_id)
+        service._dispatch(job, kind)
+
+    ours_argv = worker_argv(settings, queue=None)
+    try:
+        with stackproc.running(
+            lambda: stackproc.start_worker(stack, log_dir=log_dir, name="ours", argv=ours_argv)
+        ) as (worker,):
+            assert worker.node is not None
+            ours = drain(
+                name="ours",
+                app=celery,
+                node=worker.node,
+                queue=kind.queue,
+                submit=submit_ours,
+                count=count,
+                timeout=timeout,
+            )
+    finally:
+        runtime.engine.dispose()
+
+    bare_settings = worker_settings(bare, name="bare", queues=BARE_QUEUE)
+    bare_celery = create_bare_celery(bare_settings)
+
+    def submit_bare(task_id: str) -> None:
+        bare_celery.send_task(NOOP_TASK, args=[task_id], task_id=task_id, queue=BARE_QUEUE)
+
+    bare_argv = worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE)
+    with stackproc.running(
+        lambda: stackproc.start_worker(bare, log_dir=log_dir, name="bare", argv=bare_argv)
+    ) as (worker,):
+        assert worker.node is not None
+        baseline = drain(
+            name="bare",
+            app=bare_celery,
+            node=worker.node,
+            queue=BARE_QUEUE,
+            submit=submit_bare,
+            count=count,
+            timeout=timeout,
+        )
+    return ours, baseline

@@ -1,0 +1,1 @@
+"""Load scenarios (locust) and the async-vs-inline comparison of the stack."""
