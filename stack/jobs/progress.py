@@ -37,7 +37,8 @@ class ProgressReporter:
         self._written_message: str | None = None
         self._latest = start
         self._latest_message = ""
-        self._last_write_at = -math.inf
+        # The claim just wrote the row: a job shorter than the interval costs no progress write.
+        self._last_write_at = clock()
         self.writes = 0
 
     @property

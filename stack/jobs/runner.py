@@ -90,8 +90,7 @@ class JobRunner:
         )
         try:
             result = kind.handler(params, context)
-            reporter.flush()
-            _check_json(result)
+            _check_json(result)  # no flush: success writes progress 100 itself
         except JobCancelled:
             log.info("job %s was cancelled while running; stopped", job.id)
             return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
@@ -102,12 +101,13 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s (%s) failed", job.id, job.kind)
             return self._fail(job, f"{type(exc).__name__}: {exc}")
-        done = self.store.succeed(job.id, result=result)
-        if done is None:  # revoked between the handler's last progress and now
+        if not self.store.succeed(job.id, result=result):  # revoked while finishing
             return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
         log.info("job %s (%s) succeeded", job.id, job.kind)
-        self._publish(done)
-        return Outcome(status=JobStatus.SUCCESS, job=done)
+        self.publisher.publish(
+            job.id, {"status": JobStatus.SUCCESS.value, "progress": 100, "message": "done"}
+        )
+        return Outcome(status=JobStatus.SUCCESS)
 
     def _retry(self, job: Job, kind: JobKind, error: str) -> Outcome:
         max_retries = self.retry_policy.max_retries if kind.max_retries is None else kind.max_retries

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 DEFERRED_MESSAGE = "queued; not dispatched yet: the broker was unreachable"
 
 
+def publish(celery: Celery, kind: JobKind, job_id: str) -> None:
+    """The one way a job message is sent: the job id only, to the kind's queue, no result
+    subscription (the row is the result store)."""
+    celery.send_task(kind.task_name, args=[job_id], task_id=job_id, queue=kind.queue, ignore_result=True)
+
+
 class JobService:
     def __init__(self, runtime: Runtime, celery: Celery | None) -> None:
         self.runtime = runtime
@@ -30,22 +36,24 @@ class JobService:
         return self.celery is None
 
     def submit(self, kind: JobKind, params: dict[str, Any]) -> Job:
-        """Write the row first, then publish: a broker outage leaves a pending row to dispatch
-        later, never a message about a job that does not exist."""
-        job = self.store.create(kind=kind.name, queue=kind.queue, params=params)
+        """Write the row, then publish (see JobStore.create): a broker outage leaves a pending
+        row to dispatch later, never a message about a job that does not exist."""
         if self.celery is None:
-            return self._run_inline(job.id)
-        return self._dispatch(job, kind)
+            return self._run_inline(self.store.create(kind=kind.name, queue=kind.queue, params=params).id)
+        job = self.store.create(kind=kind.name, queue=kind.queue, params=params, dispatch=self.dispatch)
+        if job.dispatched_at is None:
+            return self.store.note(job.id, DEFERRED_MESSAGE) or job
+        return job
 
-    def _dispatch(self, job: Job, kind: JobKind) -> Job:
+    def dispatch(self, job: Job) -> bool:
+        """Publish one job's message to its queue; False (logged) when the broker is unreachable."""
         assert self.celery is not None
         try:
-            self.celery.send_task(kind.task_name, args=[job.id], task_id=job.id, queue=kind.queue)
+            publish(self.celery, self.registry.get(job.kind), job.id)
         except (BrokerError, OSError) as exc:
             log.warning("job %s accepted but not dispatched, broker unreachable: %s", job.id, exc)
-            return self.store.note(job.id, DEFERRED_MESSAGE) or job
-        self.store.mark_dispatched(job.id)
-        return job
+            return False
+        return True
 
     def _run_inline(self, job_id: str) -> Job:
         runner = self.runtime.runner

@@ -4,16 +4,18 @@ so concurrent workers, a cancel and a redelivered message can never undo each ot
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, case, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import session_factory
 from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
+_TABLE = Job.__table__
 _LIVE = ~Job.status.in_(TERMINAL_STATUSES)
+_LIVE_CORE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
 
 
 def new_job_id() -> str:
@@ -46,10 +48,25 @@ class JobStore:
             return session.scalars(query).all()
 
     # --- writes from the API ------------------------------------------------------------------------
-    def create(self, *, kind: str, queue: str, params: dict[str, Any], job_id: str | None = None) -> Job:
+    def create(
+        self,
+        *,
+        kind: str,
+        queue: str,
+        params: dict[str, Any],
+        dispatch: Callable[[Job], bool] | None = None,
+    ) -> Job:
+        """Insert a pending job and commit it; then `dispatch(job)` (publish it) and, if that
+        returns True, record `dispatched_at`.
+
+        The order is what makes a broker outage lose nothing: a worker can only receive a job
+        whose row is committed, and a row without `dispatched_at` is one the sweep must send.
+        One connection serves all three steps: this is the hot path of every submit, and core
+        statements on one checkout cost a fraction of ORM units of work on three.
+        """
         now = utcnow()
         job = Job(
-            id=job_id or new_job_id(),
+            id=new_job_id(),
             kind=kind,
             queue=queue,
             status=JobStatus.PENDING,
@@ -60,12 +77,17 @@ class JobStore:
             created_at=now,
             updated_at=now,
         )
-        with self._sessions.begin() as session:
-            session.add(job)
+        row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
+        with self.engine.connect() as connection:
+            connection.execute(insert(_TABLE), row)
+            connection.commit()
+            if dispatch is not None and dispatch(job):
+                job.dispatched_at = utcnow()
+                connection.execute(
+                    update(_TABLE).where(_TABLE.c.id == job.id).values(dispatched_at=job.dispatched_at)
+                )
+                connection.commit()
         return job
-
-    def mark_dispatched(self, job_id: str) -> None:
-        self._update(job_id, dispatched_at=utcnow())
 
     def note(self, job_id: str, message: str) -> Job | None:
         """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""
@@ -101,21 +123,19 @@ class JobStore:
     def set_progress(self, job_id: str, percent: int, message: str) -> bool:
         """Record progress, never lower than what was stored. False once the job is no longer live
         (revoked), which tells the running handler to stop."""
-        stored = self._update(
+        return self._update_live(
             job_id,
-            _LIVE,
             status=JobStatus.PROGRESS,
-            progress=case((Job.progress < percent, percent), else_=Job.progress),
+            progress=case((_TABLE.c.progress < percent, percent), else_=_TABLE.c.progress),
             message=message[:500],
             updated_at=utcnow(),
         )
-        return stored is not None
 
-    def succeed(self, job_id: str, *, result: Any) -> Job | None:
+    def succeed(self, job_id: str, *, result: Any) -> bool:
+        """False when the job stopped being live first (revoked while finishing)."""
         now = utcnow()
-        return self._update(
+        return self._update_live(
             job_id,
-            _LIVE,
             status=JobStatus.SUCCESS,
             progress=100,
             message="done",
@@ -146,6 +166,12 @@ class JobStore:
             error=error,
             updated_at=utcnow(),
         )
+
+    def _update_live(self, job_id: str, **values: Any) -> bool:
+        """A core UPDATE of a live job, for the per-job hot paths: no ORM, no RETURNING."""
+        statement = update(_TABLE).where(_TABLE.c.id == job_id, _LIVE_CORE).values(**values)
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
 
     def _update(self, job_id: str, *conditions: Any, **values: Any) -> Job | None:
         statement = (

@@ -55,12 +55,22 @@ def test_tight_loop_is_throttled_and_last_value_flushed() -> None:
     reporter, store, publisher, clock = make(interval=1.0)
     for i in range(1, 1001):
         reporter(i / 10, f"step {i}")
-        clock.now += 0.001  # 1000 calls in one second
-    assert len(store.writes) == 1  # the first call, then everything inside the interval held back
+        clock.now += 0.0005  # 1000 calls in half a second
+    assert store.writes == []  # all inside the first interval (the claim wrote the row just now)
+    clock.now += 0.6
+    reporter(100, "step 1001")
+    assert store.writes == [(100, "step 1001")]
     reporter.flush()
-    assert store.writes[-1] == (100, "step 1000")
-    assert len(store.writes) == 2
-    assert [e["progress"] for e in publisher.events] == [0, 100]
+    assert len(store.writes) == 1  # nothing new to flush
+    assert [e["progress"] for e in publisher.events] == [100]
+
+
+def test_flush_writes_what_the_throttle_held_back() -> None:
+    reporter, store, _, _ = make(interval=1.0)
+    reporter(40, "rendering tile 4/10")
+    assert store.writes == []
+    reporter.flush()
+    assert store.writes == [(40, "rendering tile 4/10")]
 
 
 def test_writes_again_once_the_interval_passed() -> None:
@@ -70,7 +80,11 @@ def test_writes_again_once_the_interval_passed() -> None:
     reporter(20, "b")
     clock.now += 0.4
     reporter(30, "c")
-    assert store.writes == [(10, "a"), (30, "c")]
+    clock.now += 0.1
+    reporter(40, "d")
+    clock.now += 0.5
+    reporter(50, "e")
+    assert store.writes == [(30, "c"), (50, "e")]
 
 
 def test_never_goes_backwards() -> None:

@@ -71,7 +71,7 @@ def test_terminal_states_stay_terminal(runtime: Runtime) -> None:
     job = store.create(kind="demo", queue="default", params={})
     store.claim(job.id, worker="w")
     store.fail(job.id, error="boom")
-    assert store.succeed(job.id, result=1) is None
+    assert store.succeed(job.id, result=1) is False
     assert store.revoke(job.id) is None
     assert store.set_progress(job.id, 90, "late") is False
     stored = store.get(job.id)
@@ -103,3 +103,19 @@ def test_events_are_published_on_the_job_channel() -> None:
 def test_publisher_survives_a_dead_redis() -> None:
     publisher = RedisPublisher.from_url("redis://127.0.0.1:1/0", timeout=0.2)
     publisher.publish("j1", {"status": "progress"})  # logs a warning, never raises
+
+
+def test_create_records_dispatch_only_when_the_publish_succeeded(runtime: Runtime) -> None:
+    store = runtime.store
+    seen: list[str] = []
+
+    def publish(job) -> bool:  # type: ignore[no-untyped-def]
+        # The row must already be committed when the message goes out: a worker may claim at once.
+        seen.append(store.get(job.id).status)  # type: ignore[union-attr]
+        return True
+
+    sent = store.create(kind="demo", queue="default", params={}, dispatch=publish)
+    assert seen == [JobStatus.PENDING]
+    assert store.get(sent.id).dispatched_at is not None  # type: ignore[union-attr]
+    unsent = store.create(kind="demo", queue="default", params={}, dispatch=lambda job: False)
+    assert unsent.dispatched_at is None and store.get(unsent.id).dispatched_at is None  # type: ignore[union-attr]

@@ -120,14 +120,16 @@ class DockerRedis(RedisService):
 
 
 class LocalRedis(LocalServer, RedisService):
-    """redis-server as our child process, on a free port, with no persistence."""
+    """redis-server as our child process, on a free port; no persistence unless `persistent`
+    (an append-only file in its dir, so a restart keeps queued messages, as production Redis does)."""
 
     START_TIMEOUT = 10.0
     LOG_NAME = "redis.log"
 
-    def __init__(self, executable: Path, *, port: int | None = None) -> None:
+    def __init__(self, executable: Path, *, port: int | None = None, persistent: bool = False) -> None:
         super().__init__()
         self.executable = executable
+        self.persistent = persistent
         self._init_local(port)
 
     def _prepare(self, directory: Path) -> None:
@@ -143,7 +145,7 @@ class LocalRedis(LocalServer, RedisService):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
             "--dir",
             str(directory),
             "--daemonize",
