@@ -107,14 +107,13 @@ def _set_consuming(app: Any, node: str, queue: str, *, consume: bool) -> None:
 def drain(
     *, name: str, app: Any, node: str, queue: str, submit: Any, count: int, timeout: float
 ) -> DrainFigures:
-    """Pause `node` on `queue`, `submit()` `count` messages, resume and time until all succeeded."""
+    """Pause `node` on `queue`, `submit()` `count` messages (each returns its task id), resume
+    and time until all succeeded."""
     _set_consuming(app, node, queue, consume=False)
-    ids = {str(uuid.uuid4()) for _ in range(count)}
+    ids = {submit() for _ in range(count)}
     counter = SuccessCounter(app, ids)
     counter.start()
     try:
-        for task_id in ids:
-            submit(task_id)
         started = time.perf_counter()
         _set_consuming(app, node, queue, consume=True)
         if not counter.done.wait(timeout):
@@ -171,10 +170,8 @@ def run_drain(
     service = JobService(runtime, celery)
     params = kind.validate({"seconds": 0, "steps": steps}).model_dump(mode="json")
 
-    def submit_ours(task_id: str) -> None:
-        # The job layer's own two steps, with the id we listen for (submit() picks a fresh one).
-        job = service.store.create(kind=kind.name, queue=kind.queue, params=params, job_id=task_id)
-        service._dispatch(job, kind)
+    def submit_ours() -> str:
+        return service.submit(kind, params).id
 
     ours_argv = worker_argv(settings, queue=None)
     try:
@@ -197,8 +194,10 @@ def run_drain(
     bare_settings = worker_settings(bare, name="bare", queues=BARE_QUEUE)
     bare_celery = create_bare_celery(bare_settings)
 
-    def submit_bare(task_id: str) -> None:
+    def submit_bare() -> str:
+        task_id = str(uuid.uuid4())
         bare_celery.send_task(NOOP_TASK, args=[task_id], task_id=task_id, queue=BARE_QUEUE)
+        return task_id
 
     bare_argv = worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE)
     with stackproc.running(

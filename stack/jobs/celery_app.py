@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from celery import Celery, Task
@@ -18,6 +19,10 @@ from stack.jobs.registry import JobKind, JobRegistry
 from stack.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
+
+SWEEP_TASK = "stack.sweep"
+# Every worker that serves all queues serves `default`; the split-queue Procfile has one for it.
+SWEEP_QUEUE = "default"
 
 
 def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
@@ -34,6 +39,14 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
         "socket_timeout": max(timeout, 5.0),
     }
     return {
+        "beat_schedule": {
+            "stack-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval,
+                # A sweep nobody ran in time is superseded by the next one.
+                "options": {"queue": SWEEP_QUEUE, "expires": settings.sweep_interval},
+            }
+        },
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_serializer": "json",
@@ -43,7 +56,8 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,  # the job row is the result store
         "task_default_queue": "default",
-        "task_routes": {kind.task_name: {"queue": kind.queue} for kind in registry},
+        "task_routes": {SWEEP_TASK: {"queue": SWEEP_QUEUE}}
+        | {k.task_name: {"queue": k.queue} for k in registry},
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "worker_prefetch_multiplier": 1,  # long jobs: a busy worker must not hoard queued ones
@@ -63,7 +77,6 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        "worker_hijack_root_logger": False,
     }
 
 
@@ -98,10 +111,19 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
             raise self.retry(countdown=outcome.countdown)
 
 
+def _register_sweep(app: Celery, runtime: LazyRuntime) -> None:
+    @app.task(name=SWEEP_TASK, shared=False, acks_late=False, ignore_result=True)
+    def run_sweep() -> dict[str, object]:
+        from stack.jobs.sweep import sweep
+
+        return asdict(sweep(runtime.get(), app))
+
+
 def create_celery(settings: Settings, registry: JobRegistry) -> Celery:
     app = Celery("stack", set_as_current=False)
     app.conf.update(celery_config(settings, registry))
     app.stack_runtime = LazyRuntime(settings, registry)  # type: ignore[attr-defined]
     for kind in registry:
         _register(app, app.stack_runtime, kind)  # type: ignore[attr-defined]
+    _register_sweep(app, app.stack_runtime)  # type: ignore[attr-defined]
     return app

