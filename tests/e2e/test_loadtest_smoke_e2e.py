@@ -47,9 +47,10 @@ def test_locust_runs_clean_against_the_stack(
         timeout=60,
     )
     assert done.returncode == 0, f"locust failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    rows = {row["Name"]: row for row in csv.DictReader(open(f"{prefix}_stats.csv"))}
+    with open(f"{prefix}_stats.csv") as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
     aggregated = rows.pop("Aggregated")
     assert int(aggregated["Request Count"]) > 0
-    assert int(aggregated["Failure Count"]) == 0, open(f"{prefix}_failures.csv").read()
+    assert int(aggregated["Failure Count"]) == 0, Path(f"{prefix}_failures.csv").read_text()
     assert any(name.startswith("POST /api/jobs/") for name in rows), list(rows)
     assert any("end-to-end" in name for name in rows), list(rows)
