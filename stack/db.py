@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.config import Settings
@@ -14,11 +14,17 @@ from stack.config import Settings
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
+def make_engine(
+    url: str | URL, *, autocommit: bool = False, pool_size: int = 5, max_overflow: int = 10
+) -> Engine:
+    """`autocommit`: every statement commits itself, no BEGIN/COMMIT round trips; for paths
+    made of single atomic statements, which is nearly every job write and read."""
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(str(url), **isolation)
     return create_engine(
         url,
+        **isolation,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,  # survive a database restart or an idle-connection reaper
@@ -27,11 +33,11 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
     )
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, **options: Any) -> Engine:
     database = url.split("///", 1)[-1]
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -4,14 +4,15 @@ so concurrent workers, a cancel and a redelivered message can never undo each ot
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from stack.db import session_factory
+from stack.db import make_engine, session_factory
 from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 _TABLE = Job.__table__
@@ -26,7 +27,15 @@ def new_job_id() -> str:
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions: sessionmaker[Session] = session_factory(engine)
+        # The hot paths (every submit, claim, progress write and status read) are single
+        # statements: an autocommit twin of the engine saves them a BEGIN and a COMMIT each.
+        self._fast = make_engine(engine.url, autocommit=True)
+        self._sessions: sessionmaker[Session] = session_factory(self._fast)
+        self._transactions: sessionmaker[Session] = session_factory(engine)
+
+    def dispose(self) -> None:
+        self._fast.dispose()
+        self.engine.dispose()
 
     # --- reads ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -79,15 +88,13 @@ class JobStore:
             updated_at=now,
         )
         row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
-        with self.engine.connect() as connection:
+        with self._autocommit() as connection:
             connection.execute(insert(_TABLE), row)
-            connection.commit()
             if dispatch is not None and dispatch(job):
                 job.dispatched_at = utcnow()
                 connection.execute(
                     update(_TABLE).where(_TABLE.c.id == job.id).values(dispatched_at=job.dispatched_at)
                 )
-                connection.commit()
         return job
 
     def note(self, job_id: str, message: str) -> Job | None:
@@ -183,7 +190,7 @@ class JobStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        with self._sessions.begin() as session:
+        with self._transactions.begin() as session:
             jobs = session.scalars(query).all()
             now = utcnow()
             for job in jobs:
@@ -213,7 +220,7 @@ class JobStore:
             .with_for_update(skip_locked=True)
         )
         taken = []
-        with self._sessions.begin() as session:
+        with self._transactions.begin() as session:
             now = utcnow()
             for job in session.scalars(query).all():
                 verdict = decide(job)
@@ -242,8 +249,13 @@ class JobStore:
     def _update_live(self, job_id: str, **values: Any) -> bool:
         """A core UPDATE of a live job, for the per-job hot paths: no ORM, no RETURNING."""
         statement = update(_TABLE).where(_TABLE.c.id == job_id, _LIVE_CORE).values(**values)
-        with self.engine.begin() as connection:
+        with self._autocommit() as connection:
             return connection.execute(statement).rowcount == 1
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[Connection]:
+        with self._fast.connect() as connection:
+            yield connection
 
     def _update(self, job_id: str, *conditions: Any, **values: Any) -> Job | None:
         statement = (

@@ -59,4 +59,4 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt = build_runtime(settings)
     upgrade(rt.engine)
     yield rt
-    rt.engine.dispose()
+    rt.store.dispose()

@@ -125,7 +125,7 @@ def worker_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime
     runtime = build_runtime(make_settings(tmp_path_factory.mktemp("worker")))
     upgrade(runtime.engine)
     yield runtime
-    runtime.engine.dispose()
+    runtime.store.dispose()
 
 
 @pytest.fixture(scope="module")
