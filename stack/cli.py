@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("role", nargs="?", choices=[r.value for r in Role])
     run.add_argument("--reload", action="store_true", help="restart on code change or crash")
     commands.add_parser("config", help="print the effective settings, passwords hidden")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the broker, database, workers, queues and beat; exit 1 if a check fails",
+        description="Run every check against the configured environment (run it with the API's "
+        "environment): one line per check, ok / warn / fail, each failure with its fix.",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--no-canary", action="store_true", help="do not send a test job through each queue")
+    doctor.add_argument(
+        "--timeout", type=float, default=None, help="seconds per connection (default STACK_BROKER_TIMEOUT)"
+    )
+    doctor.add_argument("--canary-timeout", type=float, default=15.0, help="seconds to wait for the canaries")
     return parser
 
 
@@ -96,6 +108,21 @@ def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
     return _exec(launch.argv, launch.env)
 
 
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from stack.doctor import all_passed, run_doctor
+    from stack.doctor.report import render_json, render_text
+
+    started = time.monotonic()
+    results = run_doctor(
+        settings, canary=not args.no_canary, timeout=args.timeout, canary_timeout=args.canary_timeout
+    )
+    render = render_json if args.json else render_text
+    print(render(results, seconds=time.monotonic() - started))
+    return 0 if all_passed(results) else 1
+
+
 def _reload(role: Role, extra: Sequence[str]) -> int:
     from stack.reload import Supervisor
 
@@ -123,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = extra[1:]
     try:
         settings = get_settings()
-        configure_logging("debug" if args.verbose else settings.log_level)
+        # Doctor's report is its output; library chatter at INFO would interleave with it.
+        quiet = "warning" if args.command == "doctor" else settings.log_level
+        configure_logging("debug" if args.verbose else quiet)
+        if args.command == "doctor":
+            return _doctor(args, settings)
         if args.command == "config":
             for name, value in settings.model_dump(mode="json").items():
                 text = redact_url(value) if isinstance(value, str) and "://" in value else value

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(3, ge=0, description="retries for errors marked transient")
     task_retry_backoff: float = Field(2.0, ge=0, description="first retry delay, doubled each time")
     task_retry_backoff_max: float = Field(60.0, ge=0, description="cap of the retry delay")
+    hint_after: float = Field(
+        10.0, ge=0, description="seconds a pending job waits before GET /api/jobs/{id} says why"
+    )
     sweep_interval: float = Field(10.0, gt=0, description="seconds between two sweeps (beat)")
     dispatch_grace: float = Field(5.0, ge=0, description="an undispatched job this old is sent by the sweep")
     stall_margin: float = Field(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -14,6 +19,7 @@ from stack.api.limits import BodySizeLimit
 from stack.config import Settings, get_settings, redact_url
 from stack.jobs import router as jobs_router
 from stack.jobs.celery_app import create_celery
+from stack.jobs.hints import HintCache, probe_view
 from stack.jobs.registry import JobRegistry
 from stack.jobs.service import JobService
 from stack.logs import configure_logging
@@ -25,12 +31,27 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> FastAPI:
     runtime = build_runtime(settings, registry)
     celery = create_celery(settings, runtime.registry) if settings.celery_enabled else None
+    hints = _hint_cache(settings, celery, runtime.registry)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The refresher idles until a request needs a hint: starting it costs nothing.
+        if hints is not None:
+            hints.start()
+        try:
+            yield
+        finally:
+            if hints is not None:
+                await asyncio.to_thread(hints.stop)
+
     app = FastAPI(
         title="stack",
         summary="Background jobs with live progress: FastAPI + Celery + Redis + PostgreSQL",
         version="0.1.0",
+        lifespan=lifespan,
     )
     app.state.jobs = JobService(runtime, celery)
+    app.state.hints = hints
     app.include_router(health.router)
     app.include_router(jobs_router.router)
     storage = settings.effective_storage_dir
@@ -63,6 +84,19 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         ",".join(runtime.registry.names()),
     )
     return app
+
+
+def _hint_cache(settings: Settings, celery: Celery | None, registry: JobRegistry) -> HintCache | None:
+    if celery is None:
+        return None  # inline mode: jobs finish within the request, nothing to explain
+    probe = functools.partial(
+        probe_view,
+        celery,
+        broker_url=settings.broker_url,
+        queues=registry.queues(),
+        timeout=min(settings.broker_timeout, 2.0),
+    )
+    return HintCache(probe, hint_after=settings.hint_after)
 
 
 def create_app_from_env() -> FastAPI:

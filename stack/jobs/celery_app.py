@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+import stack.jobs.control  # noqa: F401  # registers the stack_fingerprint remote-control command in workers
 from stack.config import Settings
 from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind, JobRegistry

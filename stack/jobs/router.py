@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from stack.errors import UnknownKindError
+from stack.jobs.hints import HintCache
 from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind
 from stack.jobs.schemas import JobDetail, JobList, JobOut
@@ -92,10 +93,15 @@ def list_jobs(
 
 @router.get("/{task_id}", response_model=JobDetail, responses=_NOT_FOUND)
 def get_job(task_id: str, request: Request) -> JobDetail:
+    """The job's row; `hint` says why it is still pending after a while."""
     job = _service(request).store.get(task_id)
     if job is None:
         raise HTTPException(404, detail=f"no job with id {task_id!r}")
-    return JobDetail.of(job)
+    detail = JobDetail.model_validate(job)
+    hints: HintCache | None = getattr(request.app.state, "hints", None)
+    if hints is not None:  # None in inline mode: a job there is never pending
+        detail.hint = hints.hint_for(job)
+    return detail
 
 
 @router.post(

@@ -44,6 +44,9 @@ class JobDetail(JobOut):
     finished_at: datetime | None
     result: Any | None = None
     error: str | None = None
+    # Why a job has been pending for a while (no worker on its queue, workers busy, broker
+    # down); None when nothing looks wrong, or in inline mode. Only GET /api/jobs/{id} sets it.
+    hint: str | None = None
 
 
 class JobList(BaseModel):

@@ -18,7 +18,7 @@ from stack.runtime import build_runtime
 from tests.unit.conftest import make_settings
 
 JOB_FIELDS = {"task_id", "kind", "queue", "status", "progress", "message", "created_at", "updated_at"}
-DETAIL_FIELDS = JOB_FIELDS | {"attempts", "worker", "started_at", "finished_at", "result", "error"}
+DETAIL_FIELDS = JOB_FIELDS | {"attempts", "worker", "started_at", "finished_at", "result", "error", "hint"}
 
 
 def client_for(tmp_path: Path, **overrides: object) -> TestClient:

@@ -1,0 +1,140 @@
+"""The `hint` of a job that waits: which reason is chosen, when the cache refreshes, and the API
+field (memory transport, no servers)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stack.jobs.hints import HintCache, QueueView, select_hint
+from stack.jobs.models import Job, JobStatus
+from tests.unit.test_api import client_for
+
+BROKER = "redis://:***@h:6379/0"
+
+
+def healthy(**overrides: object) -> QueueView:
+    values: dict[str, object] = {
+        "at": time.monotonic(),
+        "broker": BROKER,
+        "workers": ("content@h", "default@h"),
+        "consumers": {"content": ("content@h",), "default": ("default@h",), "logs": ()},
+        "depths": {"content": 0, "default": 0, "logs": 0},
+    }
+    values.update(overrides)
+    return QueueView(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("view", "queue", "dispatched", "expected"),
+    [
+        (healthy(broker_ok=False), "content", True, f"the broker is unreachable ({BROKER})"),
+        (healthy(), "content", False, "not handed to the broker yet"),
+        (healthy(workers=(), consumers={}), "content", True, f"no worker is running on {BROKER}"),
+        (healthy(), "logs", True, "no worker consumes queue 'logs'; start one: STACK_WORKER_QUEUES=logs"),
+        (healthy(depths={"content": 7}), "content", True, "workers are alive but all busy (queue depth 7)"),
+        (healthy(unacked=2), "content", True, "workers are alive but all busy (queue depth 0)"),
+    ],
+)
+def test_select_hint(view: QueueView, queue: str, dispatched: bool, expected: str) -> None:
+    hint = select_hint(view, queue, dispatched=dispatched)
+    assert hint is not None and hint.startswith(expected), hint
+
+
+def test_no_hint_when_nothing_looks_wrong() -> None:
+    assert select_hint(healthy(), "content", dispatched=True) is None
+
+
+def job(status: JobStatus = JobStatus.PENDING, age: float = 60, queue: str = "logs") -> Job:
+    created = datetime.now(UTC) - timedelta(seconds=age)
+    return Job(id="j", kind="k", queue=queue, status=status, created_at=created, dispatched_at=created)
+
+
+def test_cache_hints_only_old_pending_jobs_and_only_once_it_knows() -> None:
+    cache = HintCache(lambda: healthy(), hint_after=10)
+    assert cache.hint_for(job(age=60)) is None  # nothing known yet: the refresher was woken
+    cache.refresh()
+    assert cache.hint_for(job(age=60)) == (
+        "no worker consumes queue 'logs'; start one: STACK_WORKER_QUEUES=logs stack run worker"
+    )
+    assert cache.hint_for(job(age=3)) is None  # not late yet
+    assert cache.hint_for(job(JobStatus.STARTED)) is None
+
+
+def test_naive_sqlite_timestamps_are_utc() -> None:
+    cache = HintCache(lambda: healthy(), hint_after=10)
+    cache.refresh()
+    naive = job(age=60)
+    naive.created_at = naive.created_at.replace(tzinfo=None)
+    assert cache.hint_for(naive) is not None
+
+
+def test_a_stale_view_is_not_trusted() -> None:
+    now = [1000.0]
+    cache = HintCache(lambda: healthy(at=now[0]), hint_after=0, clock=lambda: now[0])
+    cache.refresh()
+    assert cache.hint_for(job()) is not None
+    now[0] += 60
+    assert cache.hint_for(job()) is None
+
+
+def test_refresher_runs_on_demand_only_and_stops_promptly() -> None:
+    calls: list[float] = []
+    probed = threading.Event()
+
+    def probe() -> QueueView:
+        calls.append(time.monotonic())
+        probed.set()
+        return healthy()
+
+    cache = HintCache(probe, hint_after=10, refresh_every=0.05)
+    cache.start()
+    try:
+        time.sleep(0.2)
+        assert calls == []  # idle API: no broadcast at all
+        cache.hint_for(job(age=3))
+        time.sleep(0.1)
+        assert calls == []  # a young job does not ask
+        cache.hint_for(job(age=60))
+        assert probed.wait(2)
+        time.sleep(0.2)
+        assert len(calls) >= 2  # keeps refreshing while asked
+    finally:
+        started = time.monotonic()
+        cache.stop()
+        assert time.monotonic() - started < 1
+
+
+def test_a_failing_probe_keeps_the_refresher_alive(caplog: pytest.LogCaptureFixture) -> None:
+    def probe() -> QueueView:
+        raise ConnectionError("boom")
+
+    cache = HintCache(probe)
+    cache.refresh()
+    assert cache.view is None and "refreshing the hint cache failed" in caplog.text
+
+
+# --- the API field ----------------------------------------------------------------------------------
+def test_api_hint_from_the_real_probe_on_the_memory_transport(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with client_for(tmp_path) as api:
+        task_id = api.post("/api/jobs/write_log", json={"event": "x"}).json()["task_id"]
+        assert api.get(f"/api/jobs/{task_id}").json()["hint"] is None  # young job
+        cache: HintCache = api.app.state.hints  # type: ignore[attr-defined]
+        cache.hint_after = 0
+        cache.refresh()  # nobody answers the broadcast on the memory transport
+        assert api.get(f"/api/jobs/{task_id}").json()["hint"] == (
+            "no worker is running on memory://; start one: stack run worker"
+        )
+    assert time.monotonic() - started < 5  # start-up, one refresh, shutdown
+
+
+def test_inline_mode_has_no_hint_cache(tmp_path: Path) -> None:
+    with client_for(tmp_path, celery_enabled=False) as api:
+        body = api.post("/api/jobs/demo", json={"seconds": 0}).json()
+        assert api.app.state.hints is None  # type: ignore[attr-defined]
+        assert api.get(f"/api/jobs/{body['task_id']}").json()["hint"] is None
