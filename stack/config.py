@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(3, ge=0, description="retries for errors marked transient")
     task_retry_backoff: float = Field(2.0, ge=0, description="first retry delay, doubled each time")
     task_retry_backoff_max: float = Field(60.0, ge=0, description="cap of the retry delay")
+    db_pool_size: int = Field(
+        10, ge=1, description="database connections kept per process (API: match its concurrency)"
+    )
+    db_max_overflow: int = Field(20, ge=0, description="extra connections opened under bursts")
     hint_after: float = Field(
         10.0, ge=0, description="seconds a pending job waits before GET /api/jobs/{id} says why"
     )

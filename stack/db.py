@@ -51,8 +51,15 @@ def _sqlite_engine(url: str, **options: Any) -> Engine:
     return engine
 
 
-def engine_from_settings(settings: Settings) -> Engine:
-    return make_engine(settings.effective_database_url)
+def engine_from_settings(settings: Settings, *, autocommit: bool = False) -> Engine:
+    # Connections above pool_size are closed when returned: a pool smaller than the number of
+    # threads using it opens a PostgreSQL backend (a fork) for every burst.
+    return make_engine(
+        settings.effective_database_url,
+        autocommit=autocommit,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

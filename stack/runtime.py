@@ -57,5 +57,5 @@ def build_runtime(settings: Settings, registry: JobRegistry | None = None) -> Ru
         settings=settings,
         registry=registry or load_registry(settings.kinds),
         engine=engine,
-        store=JobStore(engine),
+        store=JobStore(engine, autocommit_engine=engine_from_settings(settings, autocommit=True)),
     )

@@ -25,11 +25,11 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, autocommit_engine: Engine | None = None) -> None:
         self.engine = engine
         # The hot paths (every submit, claim, progress write and status read) are single
         # statements: an autocommit twin of the engine saves them a BEGIN and a COMMIT each.
-        self._fast = make_engine(engine.url, autocommit=True)
+        self._fast = autocommit_engine or make_engine(engine.url, autocommit=True)
         self._sessions: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
 
