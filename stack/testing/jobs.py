@@ -94,7 +94,8 @@ class JobClient:
                     f"timed out after {timeout:.0f} s waiting for job {job['task_id']} ({job['kind']}, "
                     f"queue {job['queue']}): stuck in {job['status']!r} at {job['progress']}% "
                     f"with message {job['message']!r}, worker {job.get('worker')!r}, "
-                    f"attempts {job.get('attempts')}.\n{trajectory.describe()}\n{self.diagnostics()}"
+                    f"attempts {job.get('attempts')}{_hint(job)}.\n"
+                    f"{trajectory.describe()}\n{self.diagnostics()}"
                 )
             time.sleep(interval)
             job = self.get(trajectory.task_id)
@@ -115,6 +116,11 @@ class JobClient:
         ):
             return
         seen.append(Observation(time.monotonic() - started, job["status"], job["progress"], job["message"]))
+
+
+def _hint(job: dict[str, Any]) -> str:
+    # The API's own diagnosis of a waiting job (no worker on its queue, broker down, ...).
+    return f"; the API says: {job['hint']}" if job.get("hint") else ""
 
 
 def assert_progressed(trajectory: Trajectory, *, intermediate: int = 2) -> None:
