@@ -13,7 +13,6 @@ import hashlib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from stack.errors import ConfigError
+from stack.urls import redact_url
 
 ALL_QUEUES = "all"
 
@@ -246,19 +246,6 @@ def normalise_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
-
-
 _PRODUCTION_REQUIRED = {
     "DATABASE_URL": ("database_url", "the PostgreSQL URL the API and the workers share"),
     "REDIS_URL": ("redis_url", "the Redis URL the API and the workers share"),
@@ -316,6 +303,15 @@ def env_name_of(field: str) -> str:
     if field in Settings.model_fields:
         return f"STACK_{field.upper()}"
     return field
+
+
+def ecosystem_env_names() -> list[str]:
+    """The settings read under the ecosystem's names (REDIS_URL, ...) rather than STACK_*."""
+    return [
+        str(info.validation_alias.choices[0])
+        for info in Settings.model_fields.values()
+        if isinstance(info.validation_alias, AliasChoices)
+    ]
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -21,24 +21,14 @@ import httpx
 from celery import Celery
 from honcho.environ import parse_procfile
 
+from stack.config import ecosystem_env_names
 from stack.testing.services.base import ServiceError
 from stack.testing.services.processes import _death_signal_setter, free_port, read_tail
 
 log = logging.getLogger(__name__)
 
 # Settings of the developer's shell must not leak into the processes under test.
-_SCRUBBED = (
-    "REDIS_URL",
-    "DATABASE_URL",
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "CELERY_ENABLED",
-    "SERVICE_TYPE",
-    "APP_ENV",
-    "PORT",
-    "HOST",
-    "WEB_CONCURRENCY",
-)
+_SCRUBBED = frozenset(ecosystem_env_names())
 
 
 def shell_exec(command: str) -> str:

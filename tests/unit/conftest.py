@@ -8,23 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from stack.config import Settings
+from stack.config import Settings, ecosystem_env_names
 from stack.jobs.migrate import upgrade
 from stack.runtime import Runtime, build_runtime
 
-_OUR_ENV = (
-    "REDIS_URL",
-    "DATABASE_URL",
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "CELERY_ENABLED",
-    "SERVICE_TYPE",
-    "SECRET_KEY",
-    "APP_ENV",
-    "HOST",
-    "PORT",
-    "WEB_CONCURRENCY",
-)
+_OUR_ENV = frozenset(ecosystem_env_names())
 
 
 @pytest.fixture(autouse=True)

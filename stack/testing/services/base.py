@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from types import TracebackType
 from typing import ClassVar, Literal, Self
-from urllib.parse import urlsplit, urlunsplit
 
 from stack.errors import StackError
+from stack.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +28,6 @@ POLL_INTERVAL = 0.05
 
 class ServiceError(StackError):
     """A test service could not be started, reached or stopped."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages (stack.config has one too, but importing it
-    pulls pydantic and SQLAlchemy into every pytest run that loads the plugin)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def wait_for(
