@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 from pathlib import Path
+from typing import NoReturn
 
 import redis
 
@@ -45,7 +46,7 @@ def _answers_ping(url: str) -> bool:
         return False
 
 
-def idle(reason: str) -> None:
+def idle(reason: str) -> NoReturn:
     """Stay up doing nothing, so honcho (which stops all when one exits) keeps the rest running."""
     log.info("%s; idling", reason)
     while True:

@@ -26,7 +26,7 @@ def ready(request: Request) -> JSONResponse:
     if not service.inline:
         results.append(check_broker(settings.broker_url, timeout=min(settings.broker_timeout, 2.0)))
     ok = all(r.ok for r in results)
-    body = {
+    body: dict[str, object] = {
         "status": "ready" if ok else "not ready",
         "mode": "inline" if service.inline else "celery",
         "checks": {r.name: {"ok": r.ok, "detail": r.detail} for r in results},

@@ -17,7 +17,7 @@ from stack.jobs.service import JobService
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-_NOT_FOUND = {404: {"description": "No job with this id"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id"}}
 
 
 def _service(request: Request) -> JobService:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,7 +33,7 @@ class JobOut(BaseModel):
         return value
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job) -> Self:
         return cls.model_validate(job)
 
 

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import make_engine, session_factory
 from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
-_TABLE = Job.__table__
+_TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _LIVE = ~Job.status.in_(TERMINAL_STATUSES)
 _LIVE_CORE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
 
