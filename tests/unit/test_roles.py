@@ -130,3 +130,9 @@ def test_help_lists_every_environment_variable(capsys: pytest.CaptureFixture[str
         "STACK_MIGRATE_ON_START",
     ):
         assert name in out
+
+
+def test_worker_skips_mingle_and_gossip(tmp_path: Path) -> None:
+    # Revocations live in the job row, so worker-to-worker revoke sync only slows start-up.
+    argv = roles.worker(make_settings(tmp_path), all_queues=QUEUES, platform="linux").argv
+    assert "--without-mingle" in argv and "--without-gossip" in argv
