@@ -19,7 +19,8 @@ def demo(params: DemoParams, job: JobContext) -> dict[str, Any]:
         raise TransientError(f"transient failure {job.attempt}/{params.transient_failures}")
     pause = params.seconds / params.steps
     for step in range(1, params.steps + 1):
-        time.sleep(pause)
+        if pause:  # seconds=0: pure plumbing, as the drain benchmark uses it
+            time.sleep(pause)
         if params.fail_at == step:
             raise RuntimeError(f"demo failed at step {step} as asked (fail_at={params.fail_at})")
         job.progress(round(100 * step / params.steps), f"{params.message} {step}/{params.steps}")

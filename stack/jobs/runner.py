@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -51,6 +51,10 @@ class JobRunner:
     progress_interval: float
 
     def run(self, job_id: str, *, worker: str) -> Outcome:
+        with self.store.pinned() as store:
+            return replace(self, store=store)._attempt(job_id, worker=worker)
+
+    def _attempt(self, job_id: str, *, worker: str) -> Outcome:
         job = self.store.claim(job_id, worker=worker)
         if job is None:
             existing = self.store.get(job_id)

@@ -3,13 +3,26 @@ so concurrent workers, a cancel and a redelivered message can never undo each ot
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import make_engine, session_factory
@@ -18,6 +31,43 @@ from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _LIVE = ~Job.status.in_(TERMINAL_STATUSES)
 _LIVE_CORE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
+
+
+def _live_update(**values: Any) -> Update:
+    return update(_TABLE).where(_TABLE.c.id == bindparam("job_id"), _LIVE_CORE).values(**values)
+
+
+# The per-job statements, built once: constructing a SQLAlchemy expression costs more Python
+# than executing its cached compiled form. Values come in as bind parameters.
+_CLAIM = _live_update(
+    status=JobStatus.STARTED,
+    attempts=_TABLE.c.attempts + 1,
+    worker=bindparam("worker"),
+    message="started",
+    started_at=func.coalesce(_TABLE.c.started_at, bindparam("now")),
+    dispatched_at=func.coalesce(_TABLE.c.dispatched_at, bindparam("now")),
+    updated_at=bindparam("now"),
+).returning(*_TABLE.c)
+_GET = select(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
+_INSERT = insert(_TABLE)
+_MARK_DISPATCHED = (
+    update(_TABLE).where(_TABLE.c.id == bindparam("job_id")).values(dispatched_at=bindparam("now"))
+)
+_PROGRESS = _live_update(
+    status=JobStatus.PROGRESS,
+    progress=case((_TABLE.c.progress < bindparam("percent"), bindparam("percent")), else_=_TABLE.c.progress),
+    message=bindparam("text"),
+    updated_at=bindparam("now"),
+)
+_SUCCEED = _live_update(
+    status=JobStatus.SUCCESS,
+    progress=100,
+    message="done",
+    result=bindparam("outcome", type_=_TABLE.c.result.type),
+    error=None,
+    updated_at=bindparam("now"),
+    finished_at=bindparam("now"),
+)
 
 
 def new_job_id() -> str:
@@ -32,6 +82,18 @@ class JobStore:
         self._fast = autocommit_engine or make_engine(engine.url, autocommit=True)
         self._sessions: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
+        self._pinned: Connection | None = None
+
+    @contextmanager
+    def pinned(self) -> Iterator[JobStore]:
+        """This store on one connection, for writes that belong together — a job attempt's claim,
+        progress and outcome: one pool checkout (and pre-ping) per attempt, not one per write.
+        A worker holds at most one per slot, which its pool is sized for anyway."""
+        with self._fast.connect() as connection:
+            view = copy.copy(self)
+            view._pinned = connection
+            view._sessions = sessionmaker(bind=connection, expire_on_commit=False)
+            yield view
 
     def dispose(self) -> None:
         self._fast.dispose()
@@ -39,8 +101,10 @@ class JobStore:
 
     # --- reads ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        with self._sessions() as session:
-            return session.get(Job, job_id)
+        # Core and a prebuilt statement: status polling is the most frequent request there is.
+        with self._autocommit() as connection:
+            row = connection.execute(_GET, {"job_id": job_id}).one_or_none()
+        return Job(**row._mapping) if row is not None else None
 
     def list(
         self,
@@ -89,12 +153,10 @@ class JobStore:
         )
         row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
         with self._autocommit() as connection:
-            connection.execute(insert(_TABLE), row)
+            connection.execute(_INSERT, row)
             if dispatch is not None and dispatch(job):
                 job.dispatched_at = utcnow()
-                connection.execute(
-                    update(_TABLE).where(_TABLE.c.id == job.id).values(dispatched_at=job.dispatched_at)
-                )
+                connection.execute(_MARK_DISPATCHED, {"job_id": job.id, "now": job.dispatched_at})
         return job
 
     def note(self, job_id: str, message: str) -> Job | None:
@@ -115,43 +177,20 @@ class JobStore:
         A redelivered message (worker killed mid-job) finds the row `started` and claims it
         again; that is what makes acks_late lose nothing.
         """
-        now = utcnow()
-        return self._update(
-            job_id,
-            _LIVE,
-            status=JobStatus.STARTED,
-            attempts=Job.attempts + 1,
-            worker=worker,
-            message="started",
-            started_at=func.coalesce(Job.started_at, now),
-            dispatched_at=func.coalesce(Job.dispatched_at, now),
-            updated_at=now,
-        )
+        with self._autocommit() as connection:
+            row = connection.execute(
+                _CLAIM, {"job_id": job_id, "worker": worker, "now": utcnow()}
+            ).one_or_none()
+        return Job(**row._mapping) if row is not None else None
 
     def set_progress(self, job_id: str, percent: int, message: str) -> bool:
         """Record progress, never lower than what was stored. False once the job is no longer live
         (revoked), which tells the running handler to stop."""
-        return self._update_live(
-            job_id,
-            status=JobStatus.PROGRESS,
-            progress=case((_TABLE.c.progress < percent, percent), else_=_TABLE.c.progress),
-            message=message[:500],
-            updated_at=utcnow(),
-        )
+        return self._execute_live(_PROGRESS, job_id=job_id, percent=percent, text=message[:500], now=utcnow())
 
     def succeed(self, job_id: str, *, result: Any) -> bool:
         """False when the job stopped being live first (revoked while finishing)."""
-        now = utcnow()
-        return self._update_live(
-            job_id,
-            status=JobStatus.SUCCESS,
-            progress=100,
-            message="done",
-            result=result,
-            error=None,
-            updated_at=now,
-            finished_at=now,
-        )
+        return self._execute_live(_SUCCEED, job_id=job_id, outcome=result, now=utcnow())
 
     def fail(self, job_id: str, *, error: str) -> Job | None:
         now = utcnow()
@@ -246,14 +285,15 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(delete(_TABLE).where(_TABLE.c.id.in_(ids))).rowcount
 
-    def _update_live(self, job_id: str, **values: Any) -> bool:
-        """A core UPDATE of a live job, for the per-job hot paths: no ORM, no RETURNING."""
-        statement = update(_TABLE).where(_TABLE.c.id == job_id, _LIVE_CORE).values(**values)
+    def _execute_live(self, statement: Update, **params: Any) -> bool:
         with self._autocommit() as connection:
-            return connection.execute(statement).rowcount == 1
+            return connection.execute(statement, params).rowcount == 1
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:
+        if self._pinned is not None:
+            yield self._pinned
+            return
         with self._fast.connect() as connection:
             yield connection
 
