@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy.exc import OperationalError
 
 import stack.jobs.control  # noqa: F401  # registers the stack_fingerprint remote-control command in workers
 from stack.config import Settings
@@ -107,7 +108,15 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
 
     @app.task(name=kind.task_name, bind=True, max_retries=None, shared=False, **options)
     def run_job(self: Task, job_id: str) -> None:
-        outcome = runtime.get().runner.run(job_id, worker=self.request.hostname or "worker")
+        current = runtime.get()
+        try:
+            outcome = current.runner.run(job_id, worker=self.request.hostname or "worker")
+        except OperationalError as exc:
+            # The database went away (restart, failover): nothing about the job could be
+            # recorded, so run the whole attempt again later rather than lose it.
+            countdown = current.runner.retry_policy.countdown(self.request.retries + 1)
+            log.warning("job %s: database unreachable (%s); retrying in %g s", job_id, exc.orig, countdown)
+            raise self.retry(countdown=countdown) from exc
         if outcome.status is JobStatus.RETRY:
             raise self.retry(countdown=outcome.countdown)
 

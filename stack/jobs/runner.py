@@ -13,6 +13,7 @@ from pathlib import Path
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from stack.errors import UnknownKindError
 from stack.jobs.events import EventPublisher
@@ -100,6 +101,8 @@ class JobRunner:
             return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
         except TransientError as exc:
             return self._retry(job, kind, f"{type(exc).__name__}: {exc}")
+        except OperationalError:
+            raise  # the job database itself is unreachable: nothing to record; the caller retries
         except SoftTimeLimitExceeded:
             return self._fail(job, f"timed out after its soft time limit (attempt {job.attempts})")
         except Exception as exc:

@@ -193,3 +193,20 @@ def test_routes_each_kind_to_its_queue(runtime: Runtime) -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_soft_time_limit < conf.task_time_limit
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+
+
+def test_database_outage_mid_job_is_not_recorded_as_the_jobs_failure(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    job_id = submit_row(runtime, "demo", seconds=0, steps=3)
+
+    def database_gone(*args: object, **kwargs: object) -> bool:
+        raise OperationalError("UPDATE stack_jobs ...", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(type(runtime.store), "set_progress", database_gone)
+    with pytest.raises(OperationalError):  # the Celery task turns this into a retry
+        runtime.runner.run(job_id, worker="w")
+    job = runtime.store.get(job_id)
+    assert job is not None and job.status is JobStatus.STARTED and job.error is None
