@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,12 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     runtime = build_runtime(settings, registry)
     celery = create_celery(settings, runtime.registry) if settings.celery_enabled else None
     hints = _hint_cache(settings, celery, runtime.registry)
+    # For event streams; inline mode has no Redis and its jobs are finished when answered.
+    events_redis = (
+        aioredis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=settings.broker_timeout)
+        if celery is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +50,8 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         finally:
             if hints is not None:
                 await asyncio.to_thread(hints.stop)
+            if events_redis is not None:
+                await events_redis.aclose()
 
     app = FastAPI(
         title="stack",
@@ -52,6 +61,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     )
     app.state.jobs = JobService(runtime, celery)
     app.state.hints = hints
+    app.state.redis = events_redis
     app.include_router(health.router)
     app.include_router(jobs_router.router)
     storage = settings.effective_storage_dir

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from stack.errors import UnknownKindError
@@ -14,6 +16,7 @@ from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind
 from stack.jobs.schemas import JobDetail, JobList, JobOut
 from stack.jobs.service import JobService
+from stack.jobs.stream import job_events as stream_job_events
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -105,6 +108,35 @@ def get_job(task_id: str, request: Request) -> JobDetail:
     if hints is not None:  # None in inline mode: a job there is never pending
         detail.hint = hints.hint_for(job)
     return detail
+
+
+@router.get(
+    "/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {"content": {"text/event-stream": {}}, "description": "`event: job` with JSON data"},
+    },
+)
+async def job_events(task_id: str, request: Request) -> StreamingResponse:
+    """Server-sent events: the job now, then each progress update, then the finished job."""
+    service = _service(request)
+
+    async def load() -> JobDetail | None:
+        job = await run_in_threadpool(service.store.get, task_id)
+        return JobDetail.of(job) if job is not None else None
+
+    if await load() is None:
+        raise HTTPException(404, detail=f"no job with id {task_id!r}")
+    stream = stream_job_events(
+        job_id=task_id,
+        load=load,
+        redis_client=getattr(request.app.state, "redis", None),
+        disconnected=request.is_disconnected,
+    )
+    # no-cache and X-Accel-Buffering: proxies (nginx) must pass events on as they come.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 import pytest
@@ -100,3 +101,21 @@ def test_cancel_a_running_job(stack_api: JobClient) -> None:
 def test_unknown_id_is_404(stack_processes: ProcfileStack) -> None:
     response = httpx.get(f"{stack_processes.api_url}/api/jobs/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
+
+
+def test_progress_streams_as_server_sent_events(stack_api: JobClient, stack_processes: ProcfileStack) -> None:
+    submitted = stack_api.submit("demo", {"seconds": 1.0, "steps": 10})
+    progress: list[int] = []
+    statuses: list[str] = []
+    with httpx.stream(
+        "GET", f"{stack_processes.api_url}/api/jobs/{submitted['task_id']}/events", timeout=30
+    ) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: ") :])
+                progress.append(event["progress"])
+                statuses.append(event["status"])
+    assert statuses[-1] == "success", statuses
+    assert progress == sorted(progress) and progress[-1] == 100, progress
+    assert len({p for p in progress if 0 < p < 100}) >= 3, f"too few live updates: {progress}"
