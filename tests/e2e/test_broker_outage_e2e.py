@@ -44,9 +44,9 @@ def stack_env() -> dict[str, str]:
         **E2E_ENV,
         "STACK_SWEEP_INTERVAL": "1",
         "STACK_DISPATCH_GRACE": "1",
-        "STACK_STALL_MARGIN": "2",
-        "STACK_TASK_SOFT_TIME_LIMIT": "8",
-        "STACK_TASK_TIME_LIMIT": "10",
+        "STACK_STALL_MARGIN": "1",
+        "STACK_TASK_SOFT_TIME_LIMIT": "4",
+        "STACK_TASK_TIME_LIMIT": "5",
         "STACK_VISIBILITY_TIMEOUT": "30",
         "STACK_BROKER_TIMEOUT": "0.5",
     }
