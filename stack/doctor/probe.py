@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy import Engine, case, func, select
 
 from stack.jobs.control import FINGERPRINT_COMMAND
-from stack.jobs.models import Job, JobStatus
+from stack.jobs.models import Job, JobStatus, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ class PendingStats:
 
     def age(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)
-        oldest = self.oldest if self.oldest.tzinfo else self.oldest.replace(tzinfo=UTC)  # SQLite: naive UTC
-        return max(0.0, (now - oldest).total_seconds())
+        return max(0.0, (now - as_utc(self.oldest)).total_seconds())
 
 
 def pending_by_queue(engine: Engine) -> dict[str, PendingStats]:

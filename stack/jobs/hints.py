@@ -21,7 +21,7 @@ from stack.checks import check_broker
 from stack.config import redact_url
 from stack.doctor.probe import gather_workers, is_redis_url, queue_depths, redis_client, unacked_count
 from stack.doctor.procfiles import start_command
-from stack.jobs.models import Job, JobStatus
+from stack.jobs.models import Job, JobStatus, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -164,5 +164,4 @@ class HintCache:
 
 
 def _age(created_at: datetime, now: datetime | None) -> float:
-    created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)  # SQLite: naive UTC
-    return ((now or datetime.now(UTC)) - created).total_seconds()
+    return ((now or datetime.now(UTC)) - as_utc(created_at)).total_seconds()

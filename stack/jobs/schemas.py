@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stack.jobs.models import Job, JobStatus
+from stack.jobs.models import Job, JobStatus, as_utc
 
 
 class JobOut(BaseModel):
@@ -27,10 +27,7 @@ class JobOut(BaseModel):
     )
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        # SQLite hands back naive datetimes; they were written as UTC.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return as_utc(value) if value is not None else None
 
     @classmethod
     def of(cls, job: Job) -> Self:

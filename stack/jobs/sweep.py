@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
 from stack.errors import UnknownKindError
-from stack.jobs.models import Job, JobStatus, utcnow
+from stack.jobs.models import Job, JobStatus, as_utc, utcnow
 from stack.jobs.service import publish
 from stack.runtime import Runtime
 
@@ -61,7 +61,7 @@ def _reclaim_stalled(runtime: Runtime, now: datetime) -> tuple[int, int]:
     patience = {JobStatus.RETRY: settings.task_retry_backoff_max}
 
     def decide(job: Job) -> str | None:
-        silent = (now - _aware(job.updated_at)).total_seconds()
+        silent = (now - as_utc(job.updated_at)).total_seconds()
         allowed = _time_limit(runtime, job) + settings.stall_margin + patience.get(job.status, 0)
         if silent < allowed:
             return None
@@ -109,8 +109,3 @@ def _purge(runtime: Runtime, now: datetime) -> int:
     if not days:
         return 0
     return runtime.store.purge_finished(finished_before=now - timedelta(days=days))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; they were written as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
