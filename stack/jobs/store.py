@@ -29,12 +29,11 @@ from stack.db import make_engine, session_factory
 from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
-_LIVE = ~Job.status.in_(TERMINAL_STATUSES)
-_LIVE_CORE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
+_LIVE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
 
 
 def _live_update(**values: Any) -> Update:
-    return update(_TABLE).where(_TABLE.c.id == bindparam("job_id"), _LIVE_CORE).values(**values)
+    return update(_TABLE).where(_TABLE.c.id == bindparam("job_id"), _LIVE).values(**values)
 
 
 # The per-job statements, built once: constructing a SQLAlchemy expression costs more Python
@@ -161,13 +160,13 @@ class JobStore:
 
     def note(self, job_id: str, message: str) -> Job | None:
         """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""
-        return self._update(job_id, _LIVE, message=message[:500], updated_at=utcnow())
+        return self._update(job_id, message=message[:500], updated_at=utcnow())
 
     def revoke(self, job_id: str, *, message: str = "cancelled") -> Job | None:
         """Revoke a live job; returns None when it was already finished (or never existed)."""
         now = utcnow()
         return self._update(
-            job_id, _LIVE, status=JobStatus.REVOKED, message=message, updated_at=now, finished_at=now
+            job_id, status=JobStatus.REVOKED, message=message, updated_at=now, finished_at=now
         )
 
     # --- writes from the worker ---------------------------------------------------------------------
@@ -196,7 +195,6 @@ class JobStore:
         now = utcnow()
         return self._update(
             job_id,
-            _LIVE,
             status=JobStatus.FAILURE,
             message="failed",
             error=error,
@@ -207,7 +205,6 @@ class JobStore:
     def retry(self, job_id: str, *, error: str, countdown: float) -> Job | None:
         return self._update(
             job_id,
-            _LIVE,
             status=JobStatus.RETRY,
             message=f"retrying in {countdown:g} s after: {error}"[:500],
             error=error,
@@ -278,7 +275,7 @@ class JobStore:
     def purge_finished(self, *, finished_before: datetime, limit: int = 1000) -> int:
         ids = (
             select(_TABLE.c.id)
-            .where(_TABLE.c.finished_at < finished_before, ~_LIVE_CORE)
+            .where(_TABLE.c.finished_at < finished_before, ~_LIVE)
             .limit(limit)
             .scalar_subquery()
         )
@@ -297,10 +294,11 @@ class JobStore:
         with self._fast.connect() as connection:
             yield connection
 
-    def _update(self, job_id: str, *conditions: Any, **values: Any) -> Job | None:
+    def _update(self, job_id: str, **values: Any) -> Job | None:
+        """Change a live job and return it; None when it is finished, revoked or unknown."""
         statement = (
             update(Job)
-            .where(Job.id == job_id, *conditions)
+            .where(Job.id == job_id, _LIVE)
             .values(**values)
             .returning(Job)
             .execution_options(synchronize_session=False)
