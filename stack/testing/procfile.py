@@ -23,7 +23,7 @@ from honcho.environ import parse_procfile
 
 from stack.config import ecosystem_env_names
 from stack.testing.services.base import ServiceError
-from stack.testing.services.processes import _death_signal_setter, free_port, read_tail
+from stack.testing.services.processes import free_port, read_tail, spawn
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,9 @@ class AppProcess:
             raise ServiceError(f"process {self.name!r} is already running (pid {self.pid})")
         with open(self.log_path, "ab") as out:
             out.write(f"--- starting {self.name}: {self.command}\n".encode())
-            out.flush()
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", shell_exec(self.command)],
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_death_signal_setter(signal.SIGTERM),
-            )
+        self._proc = spawn(
+            ["/bin/sh", "-c", shell_exec(self.command)], cwd=self.cwd, env=self.env, log_path=self.log_path
+        )
 
     def signal_group(self, sig: signal.Signals) -> None:
         if self._proc is not None:

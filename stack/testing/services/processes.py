@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stack.testing.services.base import ServiceError
 
@@ -39,7 +40,7 @@ class RunAs:
     uid: int
     gid: int
 
-    def popen_kwargs(self) -> dict[str, object]:
+    def popen_kwargs(self) -> dict[str, Any]:
         # extra_groups=[] drops root's supplementary groups too.
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
@@ -99,6 +100,32 @@ def _death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
     return set_death_signal
 
 
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    death_signal: signal.Signals = signal.SIGTERM,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """A child with its output appended to `log_path`, in a session of its own (a Ctrl-C in the
+    terminal reaches pytest, which then stops children in order, instead of all racing to shut
+    down), and signalled by the kernel if we die."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_death_signal_setter(death_signal),
+            **popen,
+        )
+
+
 class ServerProcess:
     """One server child process, its output in a log file, stoppable with a deadline."""
 
@@ -130,19 +157,9 @@ class ServerProcess:
         if self.alive():
             raise ServiceError(f"{self.name} is already running (pid {self.pid})")
         extra = self.run_as.popen_kwargs() if self.run_as else {}
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(  # type: ignore[call-overload]
-                self.argv,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Own session: a Ctrl-C in the terminal reaches pytest, which then stops the
-                # server in order, instead of both racing to shut down.
-                start_new_session=True,
-                preexec_fn=_death_signal_setter(self.death_signal),
-                **extra,
-            )
+        self._proc = spawn(
+            self.argv, cwd=self.cwd, log_path=self.log_path, death_signal=self.death_signal, **extra
+        )
         _register(self)
         logger.debug("started %s (pid %s): %s", self.name, self.pid, " ".join(self.argv))
 
