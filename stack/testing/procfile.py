@@ -18,17 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
-from celery import Celery
 from honcho.environ import parse_procfile
 
-from stack.config import ecosystem_env_names
 from stack.testing.services.base import ServiceError
 from stack.testing.services.processes import free_port, read_tail, spawn
 
 log = logging.getLogger(__name__)
-
-# Settings of the developer's shell must not leak into the processes under test.
-_SCRUBBED = frozenset(ecosystem_env_names())
 
 
 def shell_exec(command: str) -> str:
@@ -121,8 +116,13 @@ class ProcfileStack:
         self.port = int(env.get("PORT") or free_port())
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.broker_url = env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or ""
+        # Settings of the developer's shell must not leak into the processes under test.
+        # (Imported here: the plugin loads on every pytest run and must stay light.)
+        from stack.config import ecosystem_env_names
+
+        scrubbed = set(ecosystem_env_names())
         environment = {
-            k: v for k, v in os.environ.items() if k not in _SCRUBBED and not k.startswith("STACK_")
+            k: v for k, v in os.environ.items() if k not in scrubbed and not k.startswith("STACK_")
         }
         # The `stack` command of the interpreter running the tests, whatever PATH says.
         environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
@@ -172,6 +172,8 @@ class ProcfileStack:
         """Node names of the workers that answer a Celery ping on our broker."""
         if not self.broker_url:
             return []
+        from celery import Celery
+
         app = Celery("stack-e2e-probe", broker=self.broker_url, set_as_current=False)
         try:
             replies = app.control.ping(timeout=timeout) or []
