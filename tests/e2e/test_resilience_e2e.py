@@ -9,6 +9,7 @@ import pytest
 
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
+from stack.testing.services import PostgresService
 from tests.e2e.conftest import E2E_ENV
 
 pytestmark = pytest.mark.e2e
@@ -54,3 +55,20 @@ def test_nothing_else_was_lost_or_duplicated(stack_api: JobClient) -> None:
     finals = [stack_api.follow(job, timeout=30).final for job in jobs]
     assert [f["status"] for f in finals] == ["success"] * 6
     assert all(f["attempts"] == 1 for f in finals)
+
+
+def test_api_and_worker_carry_on_after_a_database_restart(
+    stack_api: JobClient, stack_postgres_service: PostgresService
+) -> None:  # type: ignore[no-untyped-def]
+    restart = getattr(stack_postgres_service, "restart", None)
+    if restart is None:
+        pytest.skip(f"{type(stack_postgres_service).__name__} cannot be restarted from here")
+    for _ in range(4):  # both API processes and the worker hold pooled connections now
+        assert stack_api.follow(stack_api.submit("demo", {"seconds": 0})).final["status"] == "success"
+    restart(downtime=1.0)
+    # Every pooled connection of the API and the worker is now dead; the first request must not
+    # be the one that finds out (a connection idle past a second is pinged before use).
+    submitted = stack_api.submit("demo", {"seconds": 0.2, "steps": 2})
+    trajectory = stack_api.follow(submitted, timeout=30)
+    assert trajectory.final["status"] == "success", trajectory.describe()
+    assert trajectory.final["attempts"] == 1
