@@ -40,6 +40,8 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         else None
     )
 
+    service = JobService(runtime, celery)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The refresher idles until a request needs a hint: starting it costs nothing.
@@ -50,6 +52,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         finally:
             if hints is not None:
                 await asyncio.to_thread(hints.stop)
+            await asyncio.to_thread(service.close)
             if events_redis is not None:
                 await events_redis.aclose()
 
@@ -59,7 +62,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.jobs = JobService(runtime, celery)
+    app.state.jobs = service
     app.state.hints = hints
     app.state.redis = events_redis
     app.include_router(health.router)

@@ -87,27 +87,19 @@ def run_canaries(
 def _send(app: Celery, store: JobStore, canary: Canary) -> None:
     """Exactly what the API does on submit: commit the row, then publish its id."""
     kind = canary.kind
-    published: list[BaseException] = []
-
-    def dispatch(job: Job) -> bool:
-        try:
-            publish(app, kind, job.id)
-        except Exception as exc:  # kept for the report; the row stays pending, as the API's would
-            published.append(exc)
-            return False
-        return True
-
     try:
         canary.sent_at = time.monotonic()
-        canary.job_id = store.create(
-            kind=kind.name, queue=canary.queue, params=canary.params, dispatch=dispatch
-        ).id
+        canary.job_id = store.create(kind=kind.name, queue=canary.queue, params=canary.params).id
     except Exception as exc:  # a database error is the finding itself
         canary.error = f"{type(exc).__name__}: {exc}"
         return
-    if published:
-        canary.error = f"{type(published[0]).__name__}: {published[0]}"
+    try:
+        publish(app, kind, canary.job_id)
+    except Exception as exc:  # kept for the report; the row must not linger for the sweep
+        canary.error = f"{type(exc).__name__}: {exc}"
         store.revoke(canary.job_id, message="doctor canary could not be sent")
+        return
+    store.mark_dispatched([canary.job_id])
 
 
 def _wait(store: JobStore, canaries: list[Canary], *, timeout: float) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from stack.jobs.models import Job, JobStatus
+from stack.jobs.dispatched import DispatchRecorder
+from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.registry import JobKind
 from stack.runtime import Runtime
 
@@ -30,19 +31,26 @@ class JobService:
         self.store = runtime.store
         self.registry = runtime.registry
         self.celery = celery  # None: inline mode (CELERY_ENABLED=false)
+        self.dispatched = DispatchRecorder(self.store.mark_dispatched)
+
+    def close(self) -> None:
+        """Write what is still pending (dispatch marks); the API calls it on shutdown."""
+        self.dispatched.close()
 
     @property
     def inline(self) -> bool:
         return self.celery is None
 
     def submit(self, kind: JobKind, params: dict[str, Any]) -> Job:
-        """Write the row, then publish (see JobStore.create): a broker outage leaves a pending
-        row to dispatch later, never a message about a job that does not exist."""
+        """Commit the row, then publish: a broker outage leaves a pending row to dispatch later,
+        never a message about a job that does not exist."""
+        job = self.store.create(kind=kind.name, queue=kind.queue, params=params)
         if self.celery is None:
-            return self._run_inline(self.store.create(kind=kind.name, queue=kind.queue, params=params).id)
-        job = self.store.create(kind=kind.name, queue=kind.queue, params=params, dispatch=self.dispatch)
-        if job.dispatched_at is None:
+            return self._run_inline(job.id)
+        if not self.dispatch(job):
             return self.store.note(job.id, DEFERRED_MESSAGE) or job
+        job.dispatched_at = utcnow()
+        self.dispatched.add(job.id)
         return job
 
     def dispatch(self, job: Job) -> bool:

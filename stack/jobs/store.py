@@ -50,7 +50,9 @@ _CLAIM = _live_update(
 _GET = select(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
 _INSERT = insert(_TABLE)
 _MARK_DISPATCHED = (
-    update(_TABLE).where(_TABLE.c.id == bindparam("job_id")).values(dispatched_at=bindparam("now"))
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("job_ids", expanding=True)), _TABLE.c.dispatched_at.is_(None))
+    .values(dispatched_at=bindparam("now"))
 )
 _PROGRESS = _live_update(
     status=JobStatus.PROGRESS,
@@ -121,22 +123,10 @@ class JobStore:
             return session.scalars(query).all()
 
     # --- writes from the API ------------------------------------------------------------------------
-    def create(
-        self,
-        *,
-        kind: str,
-        queue: str,
-        params: dict[str, Any],
-        dispatch: Callable[[Job], bool] | None = None,
-    ) -> Job:
-        """Insert a pending job and commit it; then `dispatch(job)` (publish it) and, if that
-        returns True, record `dispatched_at`.
-
-        The order is what makes a broker outage lose nothing: a worker can only receive a job
-        whose row is committed, and a row without `dispatched_at` is one the sweep must send.
-        One connection serves all three steps: this is the hot path of every submit, and core
-        statements on one checkout cost a fraction of ORM units of work on three.
-        """
+    def create(self, *, kind: str, queue: str, params: dict[str, Any]) -> Job:
+        """Insert a pending job, committed when this returns: only then may its message go out,
+        since a worker may claim it at once. It has no `dispatched_at` until `mark_dispatched`;
+        a row left without one is a job the sweep must send."""
         now = utcnow()
         job = Job(
             id=new_job_id(),
@@ -153,10 +143,17 @@ class JobStore:
         row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
         with self._autocommit() as connection:
             connection.execute(_INSERT, row)
-            if dispatch is not None and dispatch(job):
-                job.dispatched_at = utcnow()
-                connection.execute(_MARK_DISPATCHED, {"job_id": job.id, "now": job.dispatched_at})
         return job
+
+    def mark_dispatched(self, job_ids: Sequence[str], *, at: datetime | None = None) -> int:
+        """Record that these jobs' messages were published (one statement for many jobs); a job
+        a worker already claimed keeps the time its claim recorded."""
+        if not job_ids:
+            return 0
+        with self._autocommit() as connection:
+            return connection.execute(
+                _MARK_DISPATCHED, {"job_ids": list(job_ids), "now": at or utcnow()}
+            ).rowcount
 
     def note(self, job_id: str, message: str) -> Job | None:
         """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""

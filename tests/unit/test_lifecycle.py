@@ -142,16 +142,18 @@ def service(worker_runtime: Runtime) -> Iterator[JobService]:
         loglevel="WARNING",
         shutdown_timeout=10,
     ):
-        yield JobService(worker_runtime, app)
+        service = JobService(worker_runtime, app)
+        yield service
+        service.close()
 
 
 def test_worker_runs_job_to_success_with_progress(service: JobService) -> None:
     runtime = service.runtime
     job = service.submit(runtime.registry.get("demo"), {"seconds": 0.2, "steps": 4})
-    assert job.status is JobStatus.PENDING
-    assert runtime.store.get(job.id).dispatched_at is not None  # type: ignore[union-attr]
+    assert job.status is JobStatus.PENDING and job.dispatched_at is not None
     done = until_status(runtime, job.id, JobStatus.SUCCESS, JobStatus.FAILURE)
     assert done.status is JobStatus.SUCCESS and done.progress == 100 and done.attempts == 1
+    assert done.dispatched_at is not None  # never left for the sweep to send again
 
 
 def test_worker_retries_transient_failures_until_success(service: JobService) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 
 from stack.jobs.events import RedisPublisher, channel_for
 from stack.jobs.migrate import current_revision, head_revision, upgrade
-from stack.jobs.models import JobStatus
+from stack.jobs.models import JobStatus, as_utc
 from stack.runtime import Runtime
 
 
@@ -105,17 +105,20 @@ def test_publisher_survives_a_dead_redis() -> None:
     publisher.publish("j1", {"status": "progress"})  # logs a warning, never raises
 
 
-def test_create_records_dispatch_only_when_the_publish_succeeded(runtime: Runtime) -> None:
+def test_created_job_is_pending_and_undispatched_until_marked(runtime: Runtime) -> None:
     store = runtime.store
-    seen: list[str] = []
+    job = store.create(kind="demo", queue="default", params={"seconds": 1})
+    stored = store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.PENDING and stored.params == {"seconds": 1}
+    assert stored.dispatched_at is None  # what the sweep looks for
+    assert store.mark_dispatched([job.id, "no-such-job"]) == 1
+    assert store.get(job.id).dispatched_at is not None  # type: ignore[union-attr]
 
-    def publish(job) -> bool:  # type: ignore[no-untyped-def]
-        # The row must already be committed when the message goes out: a worker may claim at once.
-        seen.append(store.get(job.id).status)  # type: ignore[union-attr]
-        return True
 
-    sent = store.create(kind="demo", queue="default", params={}, dispatch=publish)
-    assert seen == [JobStatus.PENDING]
-    assert store.get(sent.id).dispatched_at is not None  # type: ignore[union-attr]
-    unsent = store.create(kind="demo", queue="default", params={}, dispatch=lambda job: False)
-    assert unsent.dispatched_at is None and store.get(unsent.id).dispatched_at is None  # type: ignore[union-attr]
+def test_mark_dispatched_keeps_the_time_a_claim_recorded(runtime: Runtime) -> None:
+    store = runtime.store
+    job = store.create(kind="demo", queue="default", params={})
+    claimed = store.claim(job.id, worker="w@h")  # a fast worker can claim before the mark lands
+    assert claimed is not None and claimed.dispatched_at is not None
+    assert store.mark_dispatched([job.id]) == 0
+    assert as_utc(store.get(job.id).dispatched_at) == as_utc(claimed.dispatched_at)  # type: ignore[union-attr, arg-type]

@@ -45,7 +45,7 @@ def test_broker_still_down_leaves_the_job_for_next_time(tmp_path: Path) -> None:
 
 
 def test_job_silent_past_its_time_limit_is_requeued_then_dispatched(runtime: Runtime, celery: Celery) -> None:
-    job = runtime.store.create(kind="demo", queue="default", params={}, dispatch=lambda j: True)
+    job = runtime.store.create(kind="demo", queue="default", params={})
     runtime.store.claim(job.id, worker="gone@host")
     settings = runtime.settings
     assert sweep(runtime, celery, now=later(settings.task_time_limit)).requeued == 0  # may still run
@@ -60,7 +60,7 @@ def test_job_silent_past_its_time_limit_is_requeued_then_dispatched(runtime: Run
 def test_job_that_lost_its_worker_too_often_fails(tmp_path: Path) -> None:
     runtime = build_runtime(make_settings(tmp_path, task_max_retries=0))
     upgrade(runtime.engine)
-    job = runtime.store.create(kind="demo", queue="default", params={}, dispatch=lambda j: True)
+    job = runtime.store.create(kind="demo", queue="default", params={})
     runtime.store.claim(job.id, worker="gone@host")
     s = runtime.settings
     report = sweep(
@@ -74,10 +74,11 @@ def test_job_that_lost_its_worker_too_often_fails(tmp_path: Path) -> None:
 
 def test_finished_jobs_past_retention_are_purged(runtime: Runtime, celery: Celery) -> None:
     store = runtime.store
-    old = store.create(kind="demo", queue="default", params={}, dispatch=lambda j: True)
+    old = store.create(kind="demo", queue="default", params={})
     store.claim(old.id, worker="w")
     store.succeed(old.id, result=None)
-    live = store.create(kind="demo", queue="default", params={}, dispatch=lambda j: True)
+    live = store.create(kind="demo", queue="default", params={})
+    store.mark_dispatched([old.id, live.id])
     report = sweep(runtime, celery, now=later(runtime.settings.job_retention_days * 86400 + 60))
     assert report.purged == 1
     assert store.get(old.id) is None and store.get(live.id) is not None
