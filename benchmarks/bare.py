@@ -3,7 +3,7 @@
 - `create_bare_app_from_env`: a FastAPI endpoint that only calls `apply_async` (no row, no
   validation), served by the same uvicorn command line as ours;
 - `celery_app`: a Celery app with one no-op task and the very same Celery settings as the stack
-  (`celery_config`), run by the same worker command line.
+  (`celery_config`) but kombu's stock Redis transport, run by the same worker command line.
 
 Both are built from the same environment settings (REDIS_URL, ...) as the stack's processes.
 """
@@ -28,6 +28,9 @@ def create_bare_celery(settings: Settings) -> Celery:
     app = Celery("bench", set_as_current=False)
     app.conf.update(celery_config(settings, JobRegistry()))
     app.conf.task_default_queue = BARE_QUEUE
+    # Stock kombu, as a team without this toolkit runs it: our Redis transport (one client per
+    # channel, stack/jobs/broker.py) is part of what "ours" measures.
+    app.conf.broker_transport = None
 
     @app.task(name=NOOP_TASK)
     def noop(job_id: str) -> None:

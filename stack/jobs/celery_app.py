@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 import stack.jobs.control  # noqa: F401  # registers the stack_fingerprint remote-control command in workers
 from stack.config import Settings
+from stack.jobs.broker import transport_for
 from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind, JobRegistry
 from stack.runtime import Runtime, build_runtime
@@ -50,6 +51,7 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
             }
         },
         "broker_url": settings.broker_url,
+        "broker_transport": transport_for(settings.broker_url),
         "result_backend": settings.result_backend,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -22,7 +22,16 @@ DEFERRED_MESSAGE = "queued; not dispatched yet: the broker was unreachable"
 def publish(celery: Celery, kind: JobKind, job_id: str) -> None:
     """The one way a job message is sent: the job id only, to the kind's queue, no result
     subscription (the row is the result store)."""
-    celery.send_task(kind.task_name, args=[job_id], task_id=job_id, queue=kind.queue, ignore_result=True)
+    celery.send_task(
+        kind.task_name,
+        args=[job_id],
+        task_id=job_id,
+        queue=kind.queue,
+        ignore_result=True,
+        # What Celery would compute with saferepr (shown by Flower), for a tenth of the cost.
+        argsrepr=repr([job_id]),
+        kwargsrepr="{}",
+    )
 
 
 class JobService:
