@@ -111,8 +111,11 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
     @app.task(name=kind.task_name, bind=True, max_retries=None, shared=False, **options)
     def run_job(self: Task, job_id: str) -> None:
         current = runtime.get()
+        # The broker flags a message it hands out again after its worker was lost; a retry is
+        # sent by the attempt that gave up. Either may take over a row marked running.
+        resume = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
         try:
-            outcome = current.runner.run(job_id, worker=self.request.hostname or "worker")
+            outcome = current.runner.run(job_id, worker=self.request.hostname or "worker", resume=resume)
         except OperationalError as exc:
             # The database went away (restart, failover): nothing about the job could be
             # recorded, so run the whole attempt again later rather than lose it.

@@ -7,7 +7,7 @@ sweep not to send it again, but nobody else waits for it: done inline it was a t
 
 If the process dies before a batch is written, or the write fails, those rows stay unmarked and
 the sweep sends them again after STACK_DISPATCH_GRACE: a job may get a second message, never
-none. A second message is harmless for a job that already finished (its claim finds it done).
+none. The second one is dropped by its claim if the job is running or finished (JobStore.claim).
 """
 
 from __future__ import annotations

@@ -51,12 +51,13 @@ class JobRunner:
     retry_policy: RetryPolicy
     progress_interval: float
 
-    def run(self, job_id: str, *, worker: str) -> Outcome:
+    def run(self, job_id: str, *, worker: str, resume: bool = False) -> Outcome:
+        """`resume`: this message may take over a job marked running (see JobStore.claim)."""
         with self.store.pinned() as store:
-            return replace(self, store=store)._attempt(job_id, worker=worker)
+            return replace(self, store=store)._attempt(job_id, worker=worker, resume=resume)
 
-    def _attempt(self, job_id: str, *, worker: str) -> Outcome:
-        job = self.store.claim(job_id, worker=worker)
+    def _attempt(self, job_id: str, *, worker: str, resume: bool) -> Outcome:
+        job = self.store.claim(job_id, worker=worker, resume=resume)
         if job is None:
             existing = self.store.get(job_id)
             if existing is None:
@@ -64,8 +65,15 @@ class JobRunner:
                     "job %s is not in the database; is this worker on another DATABASE_URL than the API?",
                     job_id,
                 )
+            elif existing.status.is_terminal:
+                log.info("job %s is already %s; not running it again", job_id, existing.status.value)
             else:
-                log.info("job %s is already %s; not running it again", job_id, existing.status)
+                log.warning(
+                    "job %s is already running on %s (attempt %d); dropped a duplicate message",
+                    job_id,
+                    existing.worker,
+                    existing.attempts,
+                )
             return Outcome(status=None, job=existing)
         log.info("job %s (%s) attempt %d started on %s", job.id, job.kind, job.attempts, worker)
         self._publish(job)

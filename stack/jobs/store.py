@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Engine,
     Table,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -38,15 +40,24 @@ def _live_update(**values: Any) -> Update:
 
 # The per-job statements, built once: constructing a SQLAlchemy expression costs more Python
 # than executing its cached compiled form. Values come in as bind parameters.
-_CLAIM = _live_update(
-    status=JobStatus.STARTED,
-    attempts=_TABLE.c.attempts + 1,
-    worker=bindparam("worker"),
-    message="started",
-    started_at=func.coalesce(_TABLE.c.started_at, bindparam("now")),
-    dispatched_at=func.coalesce(_TABLE.c.dispatched_at, bindparam("now")),
-    updated_at=bindparam("now"),
-).returning(*_TABLE.c)
+# A job another worker is running (started/progress) is taken again only by a message that comes
+# back because that worker was lost (`resume`); any other message for it is a duplicate.
+_CLAIMABLE = or_(
+    _TABLE.c.status.in_([JobStatus.PENDING, JobStatus.RETRY]), bindparam("resume", type_=Boolean)
+)
+_CLAIM = (
+    _live_update(
+        status=JobStatus.STARTED,
+        attempts=_TABLE.c.attempts + 1,
+        worker=bindparam("worker"),
+        message="started",
+        started_at=func.coalesce(_TABLE.c.started_at, bindparam("now")),
+        dispatched_at=func.coalesce(_TABLE.c.dispatched_at, bindparam("now")),
+        updated_at=bindparam("now"),
+    )
+    .where(_CLAIMABLE)
+    .returning(*_TABLE.c)
+)
 _GET = select(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
 _INSERT = insert(_TABLE)
 _MARK_DISPATCHED = (
@@ -167,15 +178,18 @@ class JobStore:
         )
 
     # --- writes from the worker ---------------------------------------------------------------------
-    def claim(self, job_id: str, *, worker: str) -> Job | None:
-        """Take a live job for one attempt. None: finished, revoked or unknown, so do not run it.
+    def claim(self, job_id: str, *, worker: str, resume: bool = False) -> Job | None:
+        """Take a pending (or retrying) job for one attempt. None: finished, revoked, unknown or
+        running elsewhere, so do not run it.
 
-        A redelivered message (worker killed mid-job) finds the row `started` and claims it
-        again; that is what makes acks_late lose nothing.
+        `resume`: the message came back because the worker running the job was lost (killed
+        mid-job, redelivered by the broker) or it is the job's own retry; it takes the row from
+        `started`/`progress` again. That is what makes acks_late lose nothing, while a duplicate
+        message (a re-send by the sweep) never runs a job twice at once.
         """
         with self._autocommit() as connection:
             row = connection.execute(
-                _CLAIM, {"job_id": job_id, "worker": worker, "now": utcnow()}
+                _CLAIM, {"job_id": job_id, "worker": worker, "now": utcnow(), "resume": resume}
             ).one_or_none()
         return Job(**row._mapping) if row is not None else None
 

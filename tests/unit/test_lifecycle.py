@@ -3,6 +3,7 @@ transport, real task messages; never task_always_eager)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from celery.contrib.testing.worker import start_worker
 from stack.jobs.celery_app import create_celery
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import Job, JobStatus
-from stack.jobs.service import JobService
+from stack.jobs.service import JobService, publish
 from stack.runtime import Runtime, build_runtime
 from tests.unit.conftest import make_settings
 
@@ -182,6 +183,44 @@ def test_cancel_stops_a_running_job(service: JobService) -> None:
     job_after = runtime.store.get(job.id)
     assert job_after is not None
     assert job_after.status is JobStatus.REVOKED and job_after.progress < 100
+
+
+def test_a_duplicate_message_never_runs_a_running_job_twice(
+    service: JobService, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = service.runtime
+    kind = runtime.registry.get("demo")
+    job = service.submit(kind, {"seconds": 0.6, "steps": 6})
+    until_status(runtime, job.id, JobStatus.PROGRESS)
+    with caplog.at_level(logging.WARNING, logger="stack.jobs.runner"):
+        publish(service.celery, kind, job.id)  # what a re-send by the sweep would deliver
+        done = until_status(runtime, job.id, JobStatus.SUCCESS, JobStatus.FAILURE)
+    assert done.status is JobStatus.SUCCESS and done.attempts == 1
+    assert f"job {job.id} is already running" in caplog.text
+
+
+def test_a_database_outage_mid_job_is_retried_and_resumes(
+    service: JobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    runtime = service.runtime
+    store_type = type(runtime.store)
+    real_set_progress = store_type.set_progress
+    failed: list[str] = []
+
+    def first_write_fails(self: object, job_id: str, percent: int, message: str) -> bool:
+        if not failed:
+            failed.append(job_id)
+            raise OperationalError("UPDATE stack_jobs ...", {}, Exception("server closed the connection"))
+        return real_set_progress(self, job_id, percent, message)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_type, "set_progress", first_write_fails)
+    job = service.submit(runtime.registry.get("demo"), {"seconds": 0.1, "steps": 2})
+    # The row stays `started` through the outage; the task's retry must take it over.
+    done = until_status(runtime, job.id, JobStatus.SUCCESS, JobStatus.FAILURE)
+    assert failed == [job.id]
+    assert done.status is JobStatus.SUCCESS and done.attempts == 2
 
 
 def test_routes_each_kind_to_its_queue(runtime: Runtime) -> None:

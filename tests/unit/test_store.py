@@ -31,14 +31,15 @@ def test_create_is_pending_at_zero(runtime: Runtime) -> None:
     )
 
 
-def test_claim_counts_attempts_and_redelivery_reclaims(runtime: Runtime) -> None:
+def test_claim_counts_attempts_and_only_a_redelivery_reclaims_a_running_job(runtime: Runtime) -> None:
     store = runtime.store
     job = store.create(kind="demo", queue="default", params={})
     first = store.claim(job.id, worker="w1")
     assert first is not None and first.attempts == 1 and first.worker == "w1"
     store.set_progress(job.id, 30, "a third")
+    assert store.claim(job.id, worker="w2") is None  # a duplicate message: w1 is running it
     # The worker died; the broker redelivers; another worker claims the same row.
-    second = store.claim(job.id, worker="w2")
+    second = store.claim(job.id, worker="w2", resume=True)
     assert second is not None
     assert (second.attempts, second.worker, second.progress) == (2, "w2", 30)
     assert second.started_at == first.started_at
