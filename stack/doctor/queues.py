@@ -195,4 +195,10 @@ def _backlog(
         if stats.undispatched:
             data["undispatched"] = stats.undispatched
             parts.append(f"{stats.undispatched} never reached the broker (the sweep re-sends them)")
+        missing = stats.count - stats.undispatched - depths[queue] if depths and queue in depths else 0
+        if missing > 0:
+            # Pending and sent, yet neither queued nor claimed: lost by the broker (a restart
+            # without persistence), or taken by a worker this very moment.
+            data["missing"] = missing
+            parts.append(f"{missing} sent but no longer queued (the sweep sends lost ones again)")
     return ("; " + "; ".join(parts) if parts else ""), data

@@ -58,6 +58,11 @@ def select_hint(view: QueueView, queue: str, *, dispatched: bool) -> str | None:
     depth = (view.depths or {}).get(queue, 0)
     if depth or view.unacked:
         return f"workers are alive but all busy (queue depth {depth})"
+    if view.depths is not None:  # a Redis queue we can see into, and it is empty
+        return (
+            f"its message is no longer in queue '{queue}' (lost by the broker, e.g. a Redis restart "
+            "without persistence); beat's sweep sends it again: is `stack run beat` running?"
+        )
     return None
 
 

@@ -228,12 +228,22 @@ class JobStore:
     # the clause and serialises writers instead.
     def take_undispatched(self, *, created_before: datetime, limit: int) -> Sequence[Job]:
         """Pending jobs never handed to the broker, marked dispatched as they are taken."""
+        return self._take_to_send(
+            Job.dispatched_at.is_(None), Job.created_at < created_before, oldest=Job.created_at, limit=limit
+        )
+
+    def take_lost(self, *, queue: str, dispatched_before: datetime, limit: int) -> Sequence[Job]:
+        """The oldest pending jobs of `queue` sent before `dispatched_before` and never claimed,
+        their `dispatched_at` renewed as they are taken (so one re-send per grace period)."""
+        return self._take_to_send(
+            Job.queue == queue, Job.dispatched_at < dispatched_before, oldest=Job.dispatched_at, limit=limit
+        )
+
+    def _take_to_send(self, *where: Any, oldest: Any, limit: int) -> Sequence[Job]:
         query = (
             select(Job)
-            .where(
-                Job.status == JobStatus.PENDING, Job.dispatched_at.is_(None), Job.created_at < created_before
-            )
-            .order_by(Job.created_at)
+            .where(Job.status == JobStatus.PENDING, *where)
+            .order_by(oldest)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

@@ -1,6 +1,9 @@
 """The sweep (beat runs it every STACK_SWEEP_INTERVAL): reconciles the job table with reality.
 
 - a job accepted while the broker was down has no `dispatched_at`: send it now;
+- a queue holding fewer messages than it has pending jobs lost some (a Redis restart without
+  persistence, a worker killed between taking a message and recording it): send its oldest
+  pending jobs again; a message that was not lost after all is dropped by the claim;
 - a running job silent for longer than its time limit (plus STACK_STALL_MARGIN) lost its worker
   and its message (e.g. a broker restart dropped the unacked copy): queue it again, or fail it
   once its retries are spent;
@@ -10,12 +13,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
+from stack.doctor.probe import is_redis_url, pending_by_queue, queue_depths, redis_client
 from stack.errors import UnknownKindError
 from stack.jobs.models import Job, JobStatus, as_utc, utcnow
 from stack.jobs.service import publish
@@ -29,6 +35,7 @@ BATCH = 100
 @dataclass(frozen=True)
 class SweepReport:
     dispatched: int = 0
+    resent: int = 0
     requeued: int = 0
     failed: int = 0
     purged: int = 0
@@ -38,10 +45,11 @@ class SweepReport:
 def sweep(runtime: Runtime, celery: Celery, *, now: datetime | None = None) -> SweepReport:
     now = now or utcnow()
     requeued, failed = _reclaim_stalled(runtime, now)
+    resent = _resend_lost(runtime, celery, now)  # counts the queues before anything new is sent
     dispatched, broker_down = _dispatch_undispatched(runtime, celery, now)
     purged = _purge(runtime, now)
-    report = SweepReport(dispatched, requeued, failed, purged, broker_down)
-    if dispatched or requeued or failed or purged or broker_down:
+    report = SweepReport(dispatched, resent, requeued, failed, purged, broker_down)
+    if dispatched or resent or requeued or failed or purged or broker_down:
         log.info("sweep: %s", report)
     return report
 
@@ -86,7 +94,53 @@ def _reclaim_stalled(runtime: Runtime, now: datetime) -> tuple[int, int]:
 
 def _dispatch_undispatched(runtime: Runtime, celery: Celery, now: datetime) -> tuple[int, bool]:
     created_before = now - timedelta(seconds=runtime.settings.dispatch_grace)
-    jobs = runtime.store.take_undispatched(created_before=created_before, limit=BATCH)
+    return _send(runtime, celery, runtime.store.take_undispatched(created_before=created_before, limit=BATCH))
+
+
+def _resend_lost(runtime: Runtime, celery: Celery, now: datetime) -> int:
+    """Only a Redis broker's queues can be counted here; elsewhere the stall rule still applies."""
+    broker = runtime.settings.broker_url
+    if not is_redis_url(broker):
+        return 0
+    pending = {
+        queue: stats.count - stats.undispatched
+        for queue, stats in pending_by_queue(runtime.engine).items()
+        if stats.count > stats.undispatched
+    }
+    if not pending:
+        return 0
+    try:
+        with redis_client(broker, timeout=runtime.settings.broker_timeout) as client:
+            queued = queue_depths(client, pending)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("sweep: could not count the queues, lost messages wait for the next sweep: %s", exc)
+        return 0
+    dispatched_before = now - timedelta(seconds=runtime.settings.dispatch_grace)
+    resent = 0
+    for queue, sent in pending.items():
+        missing = sent - queued[queue]
+        if missing <= 0:
+            continue
+        jobs = runtime.store.take_lost(
+            queue=queue, dispatched_before=dispatched_before, limit=min(missing, BATCH)
+        )
+        count, broker_down = _send(runtime, celery, jobs)
+        if count:
+            log.warning(
+                "sweep: queue %s holds %d message(s) for %d pending job(s); sent %d again",
+                queue,
+                queued[queue],
+                sent,
+                count,
+            )
+        resent += count
+        if broker_down:
+            break
+    return resent
+
+
+def _send(runtime: Runtime, celery: Celery, jobs: Sequence[Job]) -> tuple[int, bool]:
+    """Publish each job; on a broker error the rest go back to undispatched. (sent, broker down)"""
     sent: list[str] = []
     for job in jobs:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
@@ -89,3 +90,24 @@ def test_every_job_ends_after_a_redis_restart(stack_api: JobClient, persistent_r
     finals = [stack_api.follow(job, timeout=60).final for job in jobs]
     outcome = {f["task_id"][:8]: (f["status"], f["attempts"]) for f in finals}
     assert all(f["status"] == "success" for f in finals), outcome
+
+
+def test_queued_jobs_the_broker_lost_are_sent_again_and_run_once(
+    stack_api: JobClient, persistent_redis: LocalRedis
+) -> None:
+    # Both worker slots busy, four jobs waiting in the queue...
+    running = [stack_api.submit("demo", {"seconds": 2, "steps": 10}) for _ in range(2)]
+    for job in running:
+        stack_api.follow(job, timeout=20, until=lambda j: j["status"] == "progress")
+    waiting = [stack_api.submit("demo", {"seconds": 0.1, "steps": 1}) for _ in range(4)]
+    client = redis.Redis.from_url(persistent_redis.url)
+    try:
+        assert client.llen("default") >= 4, "the four jobs should be waiting in the queue"  # + sweeps
+        # ...which the broker then loses, as a Redis restart without persistence would.
+        client.delete("default")
+    finally:
+        client.close()
+
+    finals = [stack_api.follow(job, timeout=30).final for job in running + waiting]
+    outcome = {f["task_id"][:8]: (f["status"], f["attempts"]) for f in finals}
+    assert all(f["status"] == "success" and f["attempts"] == 1 for f in finals), outcome

@@ -189,6 +189,21 @@ def test_old_pending_jobs_on_a_consumed_queue_warn_that_workers_cannot_keep_up()
     assert "oldest 5 min" in default.detail and "2 never reached the broker" in default.detail
 
 
+def test_pending_jobs_missing_from_their_queue_are_reported() -> None:
+    pending = {"default": PendingStats(5, NOW - timedelta(seconds=20), 1)}
+    results = queues.check_queues(
+        queues.routes_of({}, registry()),
+        view(worker("a@h", "content", "default")),
+        depths={"default": 1, "content": 0},
+        pending=pending,
+        lines=[],
+        now=NOW,
+    )
+    default = next(r for r in results if r.name == "queue default")
+    assert "1 waiting" in default.detail and "3 sent but no longer queued" in default.detail
+    assert default.data["missing"] == 3
+
+
 # --- beat -------------------------------------------------------------------------------------------
 def test_beat_answering_a_ping_is_ok() -> None:
     result = checks.check_beat(

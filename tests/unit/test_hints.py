@@ -38,6 +38,7 @@ def healthy(**overrides: object) -> QueueView:
         (healthy(), "logs", True, "no worker consumes queue 'logs'; start one: STACK_WORKER_QUEUES=logs"),
         (healthy(depths={"content": 7}), "content", True, "workers are alive but all busy (queue depth 7)"),
         (healthy(unacked=2), "content", True, "workers are alive but all busy (queue depth 0)"),
+        (healthy(), "content", True, "its message is no longer in queue 'content' (lost by the broker"),
     ],
 )
 def test_select_hint(view: QueueView, queue: str, dispatched: bool, expected: str) -> None:
@@ -46,7 +47,8 @@ def test_select_hint(view: QueueView, queue: str, dispatched: bool, expected: st
 
 
 def test_no_hint_when_nothing_looks_wrong() -> None:
-    assert select_hint(healthy(), "content", dispatched=True) is None
+    # Not a Redis broker: the queue cannot be looked into, so an empty one proves nothing.
+    assert select_hint(healthy(depths=None), "content", dispatched=True) is None
 
 
 def job(status: JobStatus = JobStatus.PENDING, age: float = 60, queue: str = "logs") -> Job:

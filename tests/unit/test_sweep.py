@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import fakeredis
 import pytest
+import redis
 from celery import Celery
 
 from stack.jobs.celery_app import create_celery
@@ -82,3 +84,62 @@ def test_finished_jobs_past_retention_are_purged(runtime: Runtime, celery: Celer
     report = sweep(runtime, celery, now=later(runtime.settings.job_retention_days * 86400 + 60))
     assert report.purged == 1
     assert store.get(old.id) is None and store.get(live.id) is not None
+
+
+# --- messages the broker lost ----------------------------------------------------------------------
+@pytest.fixture
+def on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Runtime, fakeredis.FakeRedis]:
+    """A runtime whose broker is Redis (a fake one the sweep counts queues on); messages still go
+    out through the memory transport of the `celery` fixture."""
+    runtime = build_runtime(make_settings(tmp_path, celery_broker_url="redis://127.0.0.1:6399/0"))
+    upgrade(runtime.engine)
+    broker = fakeredis.FakeRedis()
+    monkeypatch.setattr("stack.jobs.sweep.redis_client", lambda url, timeout: broker)
+    return runtime, broker
+
+
+def sent_jobs(runtime: Runtime, count: int, queue: str = "default") -> list[str]:
+    ids = [runtime.store.create(kind="demo", queue=queue, params={}).id for _ in range(count)]
+    for job_id in ids:  # one by one: the oldest is marked first
+        runtime.store.mark_dispatched([job_id])
+    return ids
+
+
+def test_pending_jobs_missing_from_their_queue_are_sent_again_oldest_first(
+    on_redis: tuple[Runtime, fakeredis.FakeRedis], celery: Celery
+) -> None:
+    runtime, broker = on_redis
+    oldest, middle, newest = sent_jobs(runtime, 3)
+    broker.lpush("default", "the message of one of them")  # the queue lost the other two
+    grace = runtime.settings.dispatch_grace
+    assert sweep(runtime, celery).resent == 0  # within the grace a worker may be claiming them
+    report = sweep(runtime, celery, now=later(grace + 1))
+    assert report.resent == 2
+    renewed = {job_id: runtime.store.get(job_id).dispatched_at for job_id in (oldest, middle, newest)}  # type: ignore[union-attr]
+    assert renewed[oldest] > renewed[newest] and renewed[middle] > renewed[newest]  # type: ignore[operator]
+    broker.lpush("default", "re-sent 1", "re-sent 2")
+    assert sweep(runtime, celery, now=later(grace + 2)).resent == 0  # the queue holds them all now
+
+
+def test_a_backlog_in_its_queue_is_left_alone(
+    on_redis: tuple[Runtime, fakeredis.FakeRedis], celery: Celery
+) -> None:
+    runtime, broker = on_redis
+    sent_jobs(runtime, 2, queue="content")  # no worker consumes `content`: both messages wait
+    broker.lpush("content", "a", "b")
+    runtime.store.create(kind="demo", queue="default", params={})  # never sent: the other rule's
+    report = sweep(runtime, celery, now=later(600))
+    assert (report.resent, report.dispatched) == (0, 1)
+
+
+def test_an_unreachable_redis_leaves_lost_jobs_for_the_next_sweep(
+    on_redis: tuple[Runtime, fakeredis.FakeRedis], celery: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, _broker = on_redis
+    sent_jobs(runtime, 1)
+
+    def unreachable(url: str, timeout: float) -> fakeredis.FakeRedis:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6399. Connection refused.")
+
+    monkeypatch.setattr("stack.jobs.sweep.redis_client", unreachable)
+    assert sweep(runtime, celery, now=later(60)).resent == 0
