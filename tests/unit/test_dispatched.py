@@ -8,7 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
+from stack.jobs.celery_app import create_celery
 from stack.jobs.dispatched import DispatchRecorder
+from stack.jobs.models import JobStatus
+from stack.jobs.service import JobService
 from stack.runtime import Runtime
 
 
@@ -74,3 +77,12 @@ def test_marks_reach_the_job_table(runtime: Runtime) -> None:
         recorder.add(job.id)
     recorder.close(timeout=5)
     assert all(store.get(job.id).dispatched_at is not None for job in jobs)  # type: ignore[union-attr]
+
+
+def test_a_submit_is_marked_dispatched_by_shutdown(runtime: Runtime) -> None:
+    service = JobService(runtime, create_celery(runtime.settings, runtime.registry))  # memory broker
+    job = service.submit(runtime.registry.get("demo"), {"seconds": 0})
+    assert job.dispatched_at is not None  # what the caller is told
+    service.close()  # the API's shutdown
+    stored = runtime.store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.PENDING and stored.dispatched_at is not None
