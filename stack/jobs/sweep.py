@@ -98,7 +98,8 @@ def _dispatch_undispatched(runtime: Runtime, celery: Celery, now: datetime) -> t
 
 
 def _resend_lost(runtime: Runtime, celery: Celery, now: datetime) -> int:
-    """Only a Redis broker's queues can be counted here; elsewhere the stall rule still applies."""
+    """Pending jobs whose messages are gone from their queue, sent again (oldest first). Only a
+    Redis broker's queues are counted (LLEN); other brokers (RabbitMQ) are not looked into."""
     broker = runtime.settings.broker_url
     if not is_redis_url(broker):
         return 0
