@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="seconds per connection (default STACK_BROKER_TIMEOUT)"
     )
     doctor.add_argument("--canary-timeout", type=float, default=15.0, help="seconds to wait for the canaries")
+    commands.add_parser(
+        "sweep",
+        help="run beat's sweep once now and print what it did",
+        description="Send jobs that never reached the broker or that it lost, re-queue jobs whose "
+        "worker was lost, purge old finished jobs: what beat runs every STACK_SWEEP_INTERVAL, for "
+        "when beat is not running (or from cron). Exit 1 if the broker was unreachable.",
+    )
     return parser
 
 
@@ -123,6 +130,22 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all_passed(results) else 1
 
 
+def _sweep(settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from stack.jobs.celery_app import create_celery
+    from stack.jobs.sweep import sweep
+    from stack.runtime import build_runtime
+
+    runtime = build_runtime(settings)
+    try:
+        report = sweep(runtime, create_celery(settings, runtime.registry))
+    finally:
+        runtime.store.dispose()
+    print("sweep: " + ", ".join(f"{name} {value}" for name, value in asdict(report).items()))
+    return 1 if report.broker_down else 0
+
+
 def _reload(role: Role, extra: Sequence[str]) -> int:
     from stack.reload import Supervisor
 
@@ -155,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("debug" if args.verbose else quiet)
         if args.command == "doctor":
             return _doctor(args, settings)
+        if args.command == "sweep":
+            return _sweep(settings)
         if args.command == "config":
             for name, value in settings.model_dump(mode="json").items():
                 text = redact_url(value) if isinstance(value, str) and "://" in value else value

@@ -10,6 +10,7 @@ import pytest
 import redis
 from celery import Celery
 
+from stack import cli
 from stack.jobs.celery_app import create_celery
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import JobStatus, utcnow
@@ -143,3 +144,35 @@ def test_an_unreachable_redis_leaves_lost_jobs_for_the_next_sweep(
 
     monkeypatch.setattr("stack.jobs.sweep.redis_client", unreachable)
     assert sweep(runtime, celery, now=later(60)).resent == 0
+
+
+# --- `stack sweep`: the same, once, by hand -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("broker", "exit_code", "printed"),
+    [("memory://", 0, "dispatched 1"), ("redis://127.0.0.1:1/0", 1, "broker_down True")],
+)
+def test_stack_sweep_runs_it_once_and_says_what_it_did(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    broker: str,
+    exit_code: int,
+    printed: str,
+) -> None:
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    runtime = build_runtime(make_settings(tmp_path, database_url=database))
+    upgrade(runtime.engine)
+    runtime.store.create(kind="demo", queue="default", params={})  # never sent
+    for name, value in {
+        "DATABASE_URL": database,
+        "CELERY_BROKER_URL": broker,
+        "STACK_DISPATCH_GRACE": "0",
+        "STACK_BROKER_TIMEOUT": "0.3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    cli.get_settings.cache_clear()
+    try:
+        assert cli.main(["sweep"]) == exit_code
+    finally:
+        cli.get_settings.cache_clear()
+    assert printed in capsys.readouterr().out
