@@ -40,8 +40,8 @@ def _live_update(**values: Any) -> Update:
 
 # The per-job statements, built once: constructing a SQLAlchemy expression costs more Python
 # than executing its cached compiled form. Values come in as bind parameters.
-# A job another worker is running (started/progress) is taken again only by a message that comes
-# back because that worker was lost (`resume`); any other message for it is a duplicate.
+# A job marked running (started/progress) is taken again only by a message that comes back
+# because its worker was lost, or by its own retry (`resume`); any other is a duplicate.
 _CLAIMABLE = or_(
     _TABLE.c.status.in_([JobStatus.PENDING, JobStatus.RETRY]), bindparam("resume", type_=Boolean)
 )
@@ -156,15 +156,13 @@ class JobStore:
             connection.execute(_INSERT, row)
         return job
 
-    def mark_dispatched(self, job_ids: Sequence[str], *, at: datetime | None = None) -> int:
+    def mark_dispatched(self, job_ids: Sequence[str]) -> int:
         """Record that these jobs' messages were published (one statement for many jobs); a job
         a worker already claimed keeps the time its claim recorded."""
         if not job_ids:
             return 0
         with self._autocommit() as connection:
-            return connection.execute(
-                _MARK_DISPATCHED, {"job_ids": list(job_ids), "now": at or utcnow()}
-            ).rowcount
+            return connection.execute(_MARK_DISPATCHED, {"job_ids": list(job_ids), "now": utcnow()}).rowcount
 
     def note(self, job_id: str, message: str) -> Job | None:
         """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""
