@@ -131,18 +131,21 @@ class Connection:
         return status
 
 
-async def _one(conn: Connection, result: LoadResult) -> None:
-    started = time.perf_counter()
+async def _one(conn: Connection, result: LoadResult, *, since: float | None = None) -> bool:
+    """One request, its latency or its error recorded in `result`. Latency counts from `since`
+    (an open loop's scheduled start) or from the send. False: it failed and `conn` is closed."""
+    started = time.perf_counter() if since is None else since
     try:
         status = await conn.send()
     except (OSError, TimeoutError, asyncio.IncompleteReadError, LoadError, ValueError) as exc:
         result.error(type(exc).__name__)
         await conn.close()
-        return
+        return False
     if status in conn.request.ok_statuses:
         result.latencies.append(time.perf_counter() - started)
     else:
         result.error(f"HTTP {status}")
+    return True
 
 
 async def sequential(
@@ -206,18 +209,11 @@ async def open_loop(
         conn = idle.pop() if idle else Connection(request, timeout)
         in_flight += 1
         try:
-            status = await conn.send()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, LoadError, ValueError) as exc:
-            result.error(type(exc).__name__)
-            await conn.close()
-            return
+            reusable = await _one(conn, result, since=scheduled)
         finally:
             in_flight -= 1
-        if status in request.ok_statuses:
-            result.latencies.append(time.perf_counter() - scheduled)
-        else:
-            result.error(f"HTTP {status}")
-        idle.append(conn)
+        if reusable:
+            idle.append(conn)
 
     for i in range(total):
         scheduled = started + i / rate
