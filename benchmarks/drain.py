@@ -148,6 +148,28 @@ def worker_settings(stack: stackproc.StackEnv, *, name: str, queues: str = "all"
     )
 
 
+def _drain_through_worker(
+    env: stackproc.StackEnv,
+    *,
+    name: str,
+    argv: list[str],
+    app: Any,
+    queue: str,
+    submit: Any,
+    log_dir: Path,
+    count: int,
+    timeout: float,
+) -> DrainFigures:
+    """Start worker `name` with `argv`, drain `count` messages of `submit()` through it, stop it."""
+    with stackproc.running(lambda: stackproc.start_worker(env, log_dir=log_dir, name=name, argv=argv)) as (
+        worker,
+    ):
+        assert worker.node is not None
+        return drain(
+            name=name, app=app, node=worker.node, queue=queue, submit=submit, count=count, timeout=timeout
+        )
+
+
 def run_drain(
     *,
     stack: stackproc.StackEnv,
@@ -173,23 +195,21 @@ def run_drain(
     def submit_ours() -> str:
         return service.submit(kind, params).id
 
-    ours_argv = worker_argv(settings, queue=None)
     try:
-        with stackproc.running(
-            lambda: stackproc.start_worker(stack, log_dir=log_dir, name="ours", argv=ours_argv)
-        ) as (worker,):
-            assert worker.node is not None
-            ours = drain(
-                name="ours",
-                app=celery,
-                node=worker.node,
-                queue=kind.queue,
-                submit=submit_ours,
-                count=count,
-                timeout=timeout,
-            )
+        ours = _drain_through_worker(
+            stack,
+            name="ours",
+            argv=worker_argv(settings, queue=None),
+            app=celery,
+            queue=kind.queue,
+            submit=submit_ours,
+            log_dir=log_dir,
+            count=count,
+            timeout=timeout,
+        )
     finally:
-        runtime.engine.dispose()
+        service.close()  # writes its pending dispatch marks before the engines go
+        runtime.store.dispose()
 
     bare_settings = worker_settings(bare, name="bare", queues=BARE_QUEUE)
     bare_celery = create_bare_celery(bare_settings)
@@ -199,18 +219,15 @@ def run_drain(
         bare_celery.send_task(NOOP_TASK, args=[task_id], task_id=task_id, queue=BARE_QUEUE)
         return task_id
 
-    bare_argv = worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE)
-    with stackproc.running(
-        lambda: stackproc.start_worker(bare, log_dir=log_dir, name="bare", argv=bare_argv)
-    ) as (worker,):
-        assert worker.node is not None
-        baseline = drain(
-            name="bare",
-            app=bare_celery,
-            node=worker.node,
-            queue=BARE_QUEUE,
-            submit=submit_bare,
-            count=count,
-            timeout=timeout,
-        )
+    baseline = _drain_through_worker(
+        bare,
+        name="bare",
+        argv=worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE),
+        app=bare_celery,
+        queue=BARE_QUEUE,
+        submit=submit_bare,
+        log_dir=log_dir,
+        count=count,
+        timeout=timeout,
+    )
     return ours, baseline

@@ -65,7 +65,7 @@ def run_progress(*, stack: stackproc.StackEnv, calls: int) -> ProgressFigures:
             throttled_timings.append(time.perf_counter() - started)
         store.succeed(job.id, result=None)
     finally:
-        runtime.engine.dispose()
+        runtime.store.dispose()  # both engines: the store's autocommit twin too
     # The first throttled call writes; the rest are what a tight loop pays per call.
     return ProgressFigures(
         calls=calls,
