@@ -220,6 +220,12 @@ class PendingStats:
     oldest: datetime
     undispatched: int
 
+    @property
+    def sent(self) -> int:
+        """Pending jobs whose message was published: each should be in its queue, or in a
+        worker's hands about to be claimed."""
+        return self.count - self.undispatched
+
     def age(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)
         return max(0.0, (now - as_utc(self.oldest)).total_seconds())

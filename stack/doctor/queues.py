@@ -195,7 +195,7 @@ def _backlog(
         if stats.undispatched:
             data["undispatched"] = stats.undispatched
             parts.append(f"{stats.undispatched} never reached the broker (the sweep re-sends them)")
-        missing = stats.count - stats.undispatched - depths[queue] if depths and queue in depths else 0
+        missing = stats.sent - depths[queue] if depths and queue in depths else 0
         if missing > 0:
             # Pending and sent, yet neither queued nor claimed: lost by the broker (a restart
             # without persistence), or taken by a worker this very moment.

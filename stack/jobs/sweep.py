@@ -103,11 +103,7 @@ def _resend_lost(runtime: Runtime, celery: Celery, now: datetime) -> int:
     broker = runtime.settings.broker_url
     if not is_redis_url(broker):
         return 0
-    pending = {
-        queue: stats.count - stats.undispatched
-        for queue, stats in pending_by_queue(runtime.engine).items()
-        if stats.count > stats.undispatched
-    }
+    pending = {queue: stats.sent for queue, stats in pending_by_queue(runtime.engine).items() if stats.sent}
     if not pending:
         return 0
     try:
