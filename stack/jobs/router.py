@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, st
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from stack.errors import UnknownKindError
 from stack.jobs.hints import HintCache
@@ -71,14 +71,20 @@ def create_job(
     job_kind = _kind(service, kind)
     params = _validate(job_kind, body)
     job = service.submit(job_kind, params)
-    # Serialised here, not by FastAPI: its response_model pass would validate the model again
-    # against the union, a cost every submit pays for nothing (the model is built just above).
     body_out = JobDetail.of(job) if service.inline else JobOut.of(job)
-    return Response(
-        body_out.model_dump_json(),
+    return _json(
+        body_out,
         status_code=status.HTTP_200_OK if service.inline else status.HTTP_202_ACCEPTED,
-        media_type="application/json",
         headers={"Location": f"/api/jobs/{job.id}"},
+    )
+
+
+def _json(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Serialised here, not by FastAPI: its response_model pass would dump the model and validate
+    it again, a cost every submit and status poll pays for nothing (the model is built just
+    before). `response_model` stays on the route for the OpenAPI schema."""
+    return Response(
+        model.model_dump_json(), status_code=status_code, media_type="application/json", headers=headers
     )
 
 
@@ -98,7 +104,7 @@ def list_jobs(
 
 
 @router.get("/{task_id}", response_model=JobDetail, responses=_NOT_FOUND)
-def get_job(task_id: str, request: Request) -> JobDetail:
+def get_job(task_id: str, request: Request) -> Response:
     """The job's row; `hint` says why it is still pending after a while."""
     job = _service(request).store.get(task_id)
     if job is None:
@@ -107,7 +113,7 @@ def get_job(task_id: str, request: Request) -> JobDetail:
     hints: HintCache | None = getattr(request.app.state, "hints", None)
     if hints is not None:  # None in inline mode: a job there is never pending
         detail.hint = hints.hint_for(job)
-    return detail
+    return _json(detail)
 
 
 @router.get(
