@@ -81,7 +81,7 @@ def create_job(
 
 def _json(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Serialised here, not by FastAPI: its response_model pass would dump the model and validate
-    it again, a cost every submit and status poll pays for nothing (the model is built just
+    it again, a cost every submit, status poll and listing pays for nothing (the model is built just
     before). `response_model` stays on the route for the OpenAPI schema."""
     return Response(
         model.model_dump_json(), status_code=status_code, media_type="application/json", headers=headers
@@ -94,13 +94,13 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> JobList:
+) -> Response:
     """Most recent jobs first, optionally filtered by status and kind."""
     service = _service(request)
     if kind is not None:
         _kind(service, kind)
     jobs = [JobDetail.of(j) for j in service.store.list(status=status_, kind=kind, limit=limit)]
-    return JobList(jobs=jobs, count=len(jobs))
+    return _json(JobList(jobs=jobs, count=len(jobs)))
 
 
 @router.get("/{task_id}", response_model=JobDetail, responses=_NOT_FOUND)
@@ -150,11 +150,11 @@ async def job_events(task_id: str, request: Request) -> StreamingResponse:
     response_model=JobDetail,
     responses={**_NOT_FOUND, 409: {"description": "The job already finished"}},
 )
-def cancel_job(task_id: str, request: Request) -> JobDetail:
+def cancel_job(task_id: str, request: Request) -> Response:
     """Revoke a job. A queued job never runs; a running one stops at its next progress report."""
     job = _service(request).cancel(task_id)
     if job is None:
         raise HTTPException(404, detail=f"no job with id {task_id!r}")
     if job.status is not JobStatus.REVOKED:
         raise HTTPException(409, detail=f"job {task_id} already finished as {job.status.value}")
-    return JobDetail.of(job)
+    return _json(JobDetail.of(job))
