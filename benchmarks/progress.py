@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from benchmarks.httpload import percentile
 from loadtests import stackproc
 from stack.config import load_settings
+from stack.jobs.liveness import Owner
 
 
 @dataclass
@@ -40,10 +41,10 @@ def run_progress(*, stack: stackproc.StackEnv, calls: int) -> ProgressFigures:
     try:
         store = runtime.store
         job = store.create(kind="demo", queue="default", params={"seconds": 0, "steps": calls})
-        claimed = store.claim(job.id, worker="benchmark")
+        claimed = store.claim(job.id, owner=Owner("benchmark"))
         assert claimed is not None
         reporter = ProgressReporter(
-            job_id=job.id, store=store, publisher=runtime.publisher, min_interval=0.0, start=0
+            job_id=job.id, attempt=1, store=store, publisher=runtime.publisher, min_interval=0.0, start=0
         )
         reporter(0, "warm-up")  # the first call opens the pool's connection and the publisher's
         timings = []
@@ -53,6 +54,7 @@ def run_progress(*, stack: stackproc.StackEnv, calls: int) -> ProgressFigures:
             timings.append(time.perf_counter() - started)
         throttled = ProgressReporter(
             job_id=job.id,
+            attempt=1,
             store=store,
             publisher=runtime.publisher,
             min_interval=settings.progress_interval,
@@ -63,7 +65,7 @@ def run_progress(*, stack: stackproc.StackEnv, calls: int) -> ProgressFigures:
             started = time.perf_counter()
             throttled(99, f"tight loop {i}")
             throttled_timings.append(time.perf_counter() - started)
-        store.succeed(job.id, result=None)
+        store.succeed(job.id, result=None, attempt=1)
     finally:
         runtime.store.dispose()  # both engines: the store's autocommit twin too
     # The first throttled call writes; the rest are what a tight loop pays per call.

@@ -104,9 +104,12 @@ def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
             idle(why)
         log.info("starting %s", why)
         return _exec([*argv, *extra], {})
+    from stack.jobs.celery_app import visibility_timeout
     from stack.jobs.registry import load_registry
 
-    launch = roles.launch_for(role, settings, extra, all_queues=load_registry(settings.kinds).queues())
+    registry = load_registry(settings.kinds)
+    visibility_timeout(settings, registry)  # a setting that would run a job twice stops us here
+    launch = roles.launch_for(role, settings, extra, all_queues=registry.queues())
     for warning in launch.warnings:
         log.warning(warning)
     if launch.migrate_first:

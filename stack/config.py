@@ -23,6 +23,7 @@ from stack.errors import ConfigError
 from stack.urls import redact_url
 
 ALL_QUEUES = "all"
+VISIBILITY_MARGIN = 60.0  # the default visibility timeout outlasts the longest time limit by this
 
 
 class AppEnv(StrEnum):
@@ -120,8 +121,18 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(10.0, gt=0, description="seconds between two sweeps (beat)")
     dispatch_grace: float = Field(5.0, ge=0, description="an undispatched job this old is sent by the sweep")
+    heartbeat_interval: float = Field(
+        5.0, gt=0, description="seconds between two heartbeats of a worker (its row in stack_workers)"
+    )
+    worker_dead_after: float = Field(
+        30.0,
+        gt=0,
+        description="a worker silent this long is dead: its running jobs run again (or fail, attempts spent)",
+    )
     stall_margin: float = Field(
-        60.0, ge=0, description="a running job silent this long past its time limit lost its worker"
+        60.0,
+        ge=0,
+        description="an inline (CELERY_ENABLED=false) job silent this long past its time limit is lost",
     )
     job_retention_days: float = Field(7.0, ge=0, description="finished jobs older are deleted; 0 keeps")
     visibility_timeout: float | None = Field(
@@ -158,6 +169,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "STACK_TASK_SOFT_TIME_LIMIT must be lower than STACK_TASK_TIME_LIMIT, or handlers "
                 "are killed without the chance to fail cleanly"
+            )
+        if self.worker_dead_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"STACK_WORKER_DEAD_AFTER ({self.worker_dead_after:g} s) must be at least twice "
+                f"STACK_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s), or one late heartbeat "
+                "would declare a live worker dead and run its jobs twice"
             )
         if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
@@ -203,7 +220,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_visibility_timeout(self) -> float:
-        return self.visibility_timeout or self.task_time_limit + 60
+        return self.visibility_timeout or self.task_time_limit + VISIBILITY_MARGIN
 
     def fingerprint(self) -> dict[str, str]:
         """Short hashes of where this process sends work, comparable across processes, no secrets."""

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from stack.config import Settings
 
@@ -22,20 +23,33 @@ PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def make_engine(
-    url: str | URL, *, autocommit: bool = False, pool_size: int = 5, max_overflow: int = 10
+    url: str | URL,
+    *,
+    autocommit: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pooled: bool = True,
 ) -> Engine:
     """`autocommit`: every statement commits itself, no BEGIN/COMMIT round trips; for paths
-    made of single atomic statements, which is nearly every job write and read."""
-    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    made of single atomic statements, which is nearly every job write and read.
+    `pooled=False`: a connection per use and none kept, for a process that forks (a worker's
+    main process): a child can never inherit a pooled connection its parent is using."""
+    isolation: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if not pooled:
+        isolation["poolclass"] = NullPool
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(str(url), **isolation)
+    # LIFO: reuse the warm connections; the rest idle, get pinged, recycled.
+    sizes = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_use_lifo": True,
+        "pool_recycle": 1800,
+    }
     engine = create_engine(
         url,
         **isolation,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_use_lifo=True,  # reuse the warm connections; the rest idle, get pinged, recycled
-        pool_recycle=1800,
+        **(sizes if pooled else {}),
         connect_args={"connect_timeout": 5, "application_name": "stack"},
     )
     ping_when_idle(engine, after=PING_AFTER_IDLE_SECONDS)
@@ -81,7 +95,7 @@ def _sqlite_engine(url: str, **options: Any) -> Engine:
     return engine
 
 
-def engine_from_settings(settings: Settings, *, autocommit: bool = False) -> Engine:
+def engine_from_settings(settings: Settings, *, autocommit: bool = False, pooled: bool = True) -> Engine:
     # Connections above pool_size are closed when returned: a pool smaller than the number of
     # threads using it opens a PostgreSQL backend (a fork) for every burst.
     return make_engine(
@@ -89,6 +103,7 @@ def engine_from_settings(settings: Settings, *, autocommit: bool = False) -> Eng
         autocommit=autocommit,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        pooled=pooled,
     )
 
 

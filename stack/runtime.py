@@ -15,7 +15,7 @@ from stack.config import Settings
 from stack.db import engine_from_settings
 from stack.jobs.events import EventPublisher, NullPublisher, RedisPublisher
 from stack.jobs.registry import JobRegistry, load_registry
-from stack.jobs.runner import JobRunner, RetryPolicy
+from stack.jobs.runner import JobRunner, LivenessPolicy, RetryPolicy
 from stack.jobs.store import JobStore
 
 
@@ -48,14 +48,18 @@ class Runtime:
                 backoff_max=s.task_retry_backoff_max,
             ),
             progress_interval=s.progress_interval,
+            liveness=LivenessPolicy(dead_after=s.worker_dead_after, settle=s.heartbeat_interval),
         )
 
 
-def build_runtime(settings: Settings, registry: JobRegistry | None = None) -> Runtime:
-    engine = engine_from_settings(settings)
+def build_runtime(settings: Settings, registry: JobRegistry | None = None, *, pooled: bool = True) -> Runtime:
+    """`pooled=False`: connections are opened per use and never kept (a process that forks)."""
+    engine = engine_from_settings(settings, pooled=pooled)
     return Runtime(
         settings=settings,
         registry=registry or load_registry(settings.kinds),
         engine=engine,
-        store=JobStore(engine, autocommit_engine=engine_from_settings(settings, autocommit=True)),
+        store=JobStore(
+            engine, autocommit_engine=engine_from_settings(settings, autocommit=True, pooled=pooled)
+        ),
     )

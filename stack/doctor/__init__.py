@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,15 @@ def _celery_checks(
         pending=_value(facts["pending"]),
         lines=lines,
     )
+    if engine is not None:
+        store = JobStore(engine)
+        owners = Counter(job.worker_id or "" for job in store.running_owned(limit=10_000))
+        workers = list(store.workers().values())
+        results.append(checks.check_heartbeats(workers, owners, settings=settings))
     results.append(
         checks.check_beat(
-            periodic=sorted(app.conf.beat_schedule or {}),
+            # Beat runs the sweep itself (stack.jobs.beat), besides the app's own schedule.
+            periodic=["the sweep", *sorted(app.conf.beat_schedule or {})],
             beat_nodes=view.beat_nodes,
             remote_control=bool(app.conf.get("beat_enable_remote_control")),
             schedule_files=sorted(settings.data_dir.resolve().glob("celerybeat-schedule*")),

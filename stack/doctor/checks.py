@@ -7,6 +7,8 @@ of workers and queues are in `queues.py`, the end-to-end canary in `canary.py`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
@@ -19,6 +21,7 @@ from stack.config import Settings, redact_url
 from stack.doctor.probe import DeadlineExceeded, is_redis_url, with_deadline
 from stack.doctor.result import CheckResult, fail, human_seconds, ok, warn
 from stack.jobs.migrate import MIGRATIONS_DIR, current_revision
+from stack.jobs.models import Worker, as_utc, utcnow
 
 # Beat rewrites its schedule file at least every 3 min (Scheduler.sync_every) plus one loop of at
 # most 5 min (beat_max_loop_interval): older than this, no beat has run here recently.
@@ -160,3 +163,45 @@ def _newest_age(files: list[Path], now: float | None) -> float | None:
     if not mtimes:
         return None
     return max(0.0, (now if now is not None else time.time()) - max(mtimes))
+
+
+def check_heartbeats(
+    workers: Sequence[Worker],
+    running_jobs: dict[str, int],
+    *,
+    settings: Settings,
+    now: datetime | None = None,
+) -> CheckResult:
+    """The workers' rows in stack_workers (`running_jobs`: jobs marked running per worker id):
+    who heartbeats, how long ago, running what. A worker silent past STACK_WORKER_DEAD_AFTER is
+    dead; its jobs still marked running wait for beat's sweep."""
+    if not workers:
+        return warn(
+            "heartbeats",
+            "no worker heartbeats into this database",
+            "start one (stack run worker) with this DATABASE_URL; workers of an older stack do not heartbeat",
+        )
+    now = now or utcnow()
+    alive, dead, stranded = [], [], 0
+    for worker in workers:
+        silent = (now - as_utc(worker.heartbeat_at)).total_seconds()
+        if silent <= settings.worker_dead_after:
+            alive.append(f"{worker.name} {human_seconds(silent)} ago, running {len(worker.running)}")
+            continue
+        owned = running_jobs.get(worker.id, 0)
+        stranded += owned
+        dead.append(f"{worker.name} silent for {human_seconds(silent)}, {owned} job(s) still marked running")
+    detail = f"last heartbeats: {'; '.join(alive) or 'none alive'}"
+    listed = {"alive": alive, "dead": dead}
+    if stranded:
+        overdue = settings.worker_dead_after + 2 * settings.sweep_interval
+        return warn(
+            "heartbeats",
+            f"{detail}; dead: {'; '.join(dead)}",
+            f"beat's sweep runs a dead worker's jobs again within {overdue:g} s of its last heartbeat: "
+            "is `stack run beat` running?",
+            **listed,
+        )
+    if dead:
+        detail += f" ({len(dead)} dead worker(s) with no job left, forgotten after an hour)"
+    return ok("heartbeats", detail, **listed)

@@ -8,6 +8,7 @@ Shared by `stack doctor` and the API's hint cache (`stack.jobs.hints`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -184,6 +185,32 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     return {q: int(sum(lengths[i * step : (i + 1) * step])) for i, q in enumerate(queues)}
 
 
+def queue_snapshot(client: redis.Redis, queues: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+    """At one instant (MULTI/EXEC): the depth of each queue, and the ids of the tasks handed to
+    workers and not acknowledged yet (kombu's `unacked` hash: running, reserved, or waiting
+    for a retry's countdown)."""
+    queues = list(queues)
+    pipeline = client.pipeline(transaction=True)
+    for queue in queues:
+        for suffix in PRIORITY_SUFFIXES:
+            pipeline.llen(queue + suffix)
+    pipeline.hvals(UNACKED_KEY)
+    *lengths, unacked = pipeline.execute()
+    step = len(PRIORITY_SUFFIXES)
+    depths = {q: int(sum(lengths[i * step : (i + 1) * step])) for i, q in enumerate(queues)}
+    return depths, {task_id for raw in unacked if (task_id := _task_id(raw))}
+
+
+def _task_id(raw: bytes) -> str | None:
+    # kombu stores [message, exchange, routing_key]; Celery's protocol 2 puts the id in headers.
+    try:
+        message = json.loads(raw)[0]
+        task_id = message["headers"]["id"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return task_id if isinstance(task_id, str) else None
+
+
 def unacked_count(client: redis.Redis) -> int:
     """Messages delivered to workers and not acknowledged yet (running or reserved): with
     acks_late, a busy worker's jobs sit here, not in the queue."""
@@ -229,6 +256,22 @@ class PendingStats:
     def age(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)
         return max(0.0, (now - as_utc(self.oldest)).total_seconds())
+
+
+def sent_pending_by_queue(
+    engine: Engine, *, sent_before: datetime, excluding: Iterable[str]
+) -> dict[str, int]:
+    """{queue: pending jobs whose message was sent before `sent_before`}, leaving out `excluding`."""
+    query = (
+        select(Job.queue, func.count())
+        .where(Job.status == JobStatus.PENDING, Job.dispatched_at < sent_before)
+        .group_by(Job.queue)
+    )
+    excluded = list(excluding)
+    if excluded:
+        query = query.where(Job.id.not_in(excluded))
+    with engine.connect() as connection:
+        return {row[0]: int(row[1]) for row in connection.execute(query).all()}
 
 
 def pending_by_queue(engine: Engine) -> dict[str, PendingStats]:

@@ -7,6 +7,7 @@ message can be lost, duplicated or redelivered without the job's truth changing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import asdict
 from typing import Any
@@ -15,25 +16,45 @@ from celery import Celery, Task
 from sqlalchemy.exc import OperationalError
 
 import stack.jobs.control  # noqa: F401  # registers the stack_fingerprint remote-control command in workers
-from stack.config import Settings
+from stack.config import VISIBILITY_MARGIN, Settings
+from stack.errors import ConfigError
 from stack.jobs.broker import transport_for
 from stack.jobs.models import JobStatus
-from stack.jobs.registry import JobKind, JobRegistry
+from stack.jobs.registry import TASK_PREFIX, JobKind, JobRegistry
+from stack.jobs.runner import Abandoned, AttemptAbandoned
+from stack.jobs.supervision import JobRequest, Liveness, current_owner
 from stack.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 
-SWEEP_TASK = "stack.sweep"
-# Every worker that serves all queues serves `default`; the split-queue Procfile has one for it.
-SWEEP_QUEUE = "default"
+BEAT_SCHEDULER = "stack.jobs.beat:SweepingScheduler"
+
+
+def visibility_timeout(settings: Settings, registry: JobRegistry) -> float:
+    """How long Redis waits before handing an unacknowledged job to another worker: past the
+    longest time limit of any kind, or a slow job's message would be redelivered while it runs.
+    (Such a copy is dropped at its claim, since the owner is alive; the broker still had to
+    carry it.) An explicit STACK_VISIBILITY_TIMEOUT shorter than a kind's limit is refused."""
+    longest_kind = max(registry, key=lambda k: k.time_limit or 0, default=None)
+    kind_limit = (longest_kind.time_limit or 0) if longest_kind else 0
+    if settings.visibility_timeout is None:
+        return max(settings.task_time_limit, kind_limit) + VISIBILITY_MARGIN
+    if longest_kind is not None and kind_limit >= settings.visibility_timeout:
+        raise ConfigError(
+            f"STACK_VISIBILITY_TIMEOUT={settings.visibility_timeout:g} is not longer than the "
+            f"time_limit of job kind {longest_kind.name!r} ({kind_limit:g} s): Redis would hand its "
+            f"running job to a second worker. Raise STACK_VISIBILITY_TIMEOUT above {kind_limit:g}, "
+            "or unset it (it then defaults to the longest time limit + 60 s)."
+        )
+    return settings.visibility_timeout
 
 
 def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
     timeout = settings.broker_timeout
-    visibility = settings.effective_visibility_timeout
+    visibility = visibility_timeout(settings, registry)
     transport_options = {
         # Unacked jobs come back after this long when a whole worker died (SIGKILL, OOM, node
-        # lost); it must outlast the longest job or a slow job would run twice.
+        # lost); the sweep re-queues them much sooner, by liveness (STACK_WORKER_DEAD_AFTER).
         "visibility_timeout": visibility,
         # Look for such abandoned jobs every few seconds, not kombu's default of every ~100 s.
         "unacked_restore_interval": int(max(1, min(10, visibility // 4))),
@@ -42,14 +63,8 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
         "socket_timeout": max(timeout, 5.0),
     }
     return {
-        "beat_schedule": {
-            "stack-sweep": {
-                "task": SWEEP_TASK,
-                "schedule": settings.sweep_interval,
-                # A sweep nobody ran in time is superseded by the next one.
-                "options": {"queue": SWEEP_QUEUE, "expires": settings.sweep_interval},
-            }
-        },
+        # Beat runs the sweep itself, on time even when every worker slot is busy.
+        "beat_scheduler": BEAT_SCHEDULER,
         "broker_url": settings.broker_url,
         "broker_transport": transport_for(settings.broker_url),
         "result_backend": settings.result_backend,
@@ -60,8 +75,7 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,  # the job row is the result store
         "task_default_queue": "default",
-        "task_routes": {SWEEP_TASK: {"queue": SWEEP_QUEUE}}
-        | {k.task_name: {"queue": k.queue} for k in registry},
+        "task_routes": {k.task_name: {"queue": k.queue} for k in registry},
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "worker_prefetch_multiplier": 1,  # long jobs: a busy worker must not hoard queued ones
@@ -89,16 +103,50 @@ class LazyRuntime:
     children never share the parent's connections; one for all kinds, so one engine per process."""
 
     def __init__(self, settings: Settings, registry: JobRegistry) -> None:
-        self._settings = settings
-        self._registry = registry
+        self.settings = settings
+        self.registry = registry
         self._runtime: Runtime | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def get(self) -> Runtime:
         with self._lock:
+            if self._runtime is not None and self._pid != os.getpid():
+                # Inherited through a fork: drop the parent's pooled connections unclosed (closing
+                # them would end the parent's sessions) and build this process's own.
+                self._runtime.store.dispose(close=False)
+                self._runtime = None
             if self._runtime is None:
-                self._runtime = build_runtime(self._settings, self._registry)
+                self._runtime = build_runtime(self.settings, self.registry)
+                self._pid = os.getpid()
             return self._runtime
+
+
+class NotAStackMessage(Exception):
+    """A task message with no job row behind it. Declared in the task's `throws`: Celery records
+    a failure (Flower shows why) and logs it in one line, without a traceback."""
+
+
+def _job_message(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Abandoned | None]:
+    """The job id (and take-over token) of a message stack sent: args [job_id], the job id as
+    task id, at most an `abandoned` token. Anything else was sent some other way (`celery call`,
+    `send_task` by hand) with no job row behind it: refused, not recorded as a success."""
+    job_id = args[0] if len(args) == 1 else None
+    token = kwargs.get("abandoned")
+    kind_name = task.name.removeprefix(TASK_PREFIX)
+    if job_id is None or job_id != task.request.id or set(kwargs) - {"abandoned"}:
+        log.warning(
+            "refused a %s message not sent by stack (args %.100r, kwargs %.100r): submit jobs through "
+            "POST /api/jobs/%s, which records the job before sending it",
+            task.name,
+            list(args),
+            kwargs,
+            kind_name,
+        )
+        raise NotAStackMessage(f"not a stack job message; submit through POST /api/jobs/{kind_name}")
+    if isinstance(token, dict) and isinstance(token.get("attempt"), int):
+        return job_id, Abandoned(worker_id=token.get("worker_id"), attempt=token["attempt"])
+    return job_id, None
 
 
 def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
@@ -108,37 +156,40 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
     if kind.time_limit is not None:
         options["time_limit"] = kind.time_limit
 
-    @app.task(name=kind.task_name, bind=True, max_retries=None, shared=False, **options)
-    def run_job(self: Task, job_id: str) -> None:
+    @app.task(
+        name=kind.task_name,
+        bind=True,
+        max_retries=None,
+        shared=False,
+        Request=JobRequest,
+        throws=(NotAStackMessage,),
+        **options,
+    )
+    def run_job(self: Task, *args: Any, **kwargs: Any) -> None:
+        job_id, abandoned = _job_message(self, args, kwargs)
         current = runtime.get()
-        # The broker flags a message it hands out again after its worker was lost; a retry is
-        # sent by the attempt that gave up. Either may take over a row marked running.
-        resume = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
+        owner = current_owner(self.request.hostname)
         try:
-            outcome = current.runner.run(job_id, worker=self.request.hostname or "worker", resume=resume)
-        except OperationalError as exc:
+            outcome = current.runner.run(job_id, owner=owner, abandoned=abandoned)
+        except (AttemptAbandoned, OperationalError) as exc:
             # The database went away (restart, failover): nothing about the job could be
-            # recorded, so run the whole attempt again later rather than lose it.
+            # recorded, so run it again later. A retry of an attempt already claimed carries
+            # its token: that attempt's owner is alive, yet the attempt is over.
+            if isinstance(exc, AttemptAbandoned):
+                kwargs = {"abandoned": asdict(exc.abandoned)}
             countdown = current.runner.retry_policy.countdown(self.request.retries + 1)
-            log.warning("job %s: database unreachable (%s); retrying in %g s", job_id, exc.orig, countdown)
-            raise self.retry(countdown=countdown) from exc
+            cause = exc.cause.orig if isinstance(exc, AttemptAbandoned) else exc.orig
+            log.warning("job %s: database unreachable (%s); retrying in %g s", job_id, cause, countdown)
+            raise self.retry(countdown=countdown, kwargs=kwargs) from exc
         if outcome.status is JobStatus.RETRY:
-            raise self.retry(countdown=outcome.countdown)
-
-
-def _register_sweep(app: Celery, runtime: LazyRuntime) -> None:
-    @app.task(name=SWEEP_TASK, shared=False, acks_late=False, ignore_result=True)
-    def run_sweep() -> dict[str, object]:
-        from stack.jobs.sweep import sweep
-
-        return asdict(sweep(runtime.get(), app))
+            raise self.retry(countdown=outcome.countdown, kwargs={})
 
 
 def create_celery(settings: Settings, registry: JobRegistry) -> Celery:
     app = Celery("stack", set_as_current=False)
     app.conf.update(celery_config(settings, registry))
     app.stack_runtime = LazyRuntime(settings, registry)  # type: ignore[attr-defined]
+    app.steps["worker"].add(Liveness)
     for kind in registry:
         _register(app, app.stack_runtime, kind)  # type: ignore[attr-defined]
-    _register_sweep(app, app.stack_runtime)  # type: ignore[attr-defined]
     return app

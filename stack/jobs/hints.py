@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from celery import Celery
 
 from stack.checks import check_broker
-from stack.config import redact_url
+from stack.config import Settings, redact_url
 from stack.doctor.probe import gather_workers, is_redis_url, queue_depths, redis_client, unacked_count
 from stack.doctor.procfiles import start_command
-from stack.jobs.models import Job, JobStatus, as_utc
+from stack.jobs.models import RUNNING_STATUSES, Job, JobStatus, Worker, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,35 @@ class HintCache:
             while not self._stopping.is_set() and self._clock() - self._last_demand < DEMAND_WINDOW:
                 self.refresh()
                 self._stopping.wait(self.refresh_every)
+
+
+def owner_hint(
+    job: Job,
+    *,
+    settings: Settings,
+    workers: Callable[[list[str]], dict[str, Worker]],
+    now: datetime | None = None,
+) -> str | None:
+    """Why a running job shows no sign of life: its worker stopped heartbeating (or is gone).
+    None while the job moves or its worker beats; `workers` is read only for a silent job."""
+    if job.status not in RUNNING_STATUSES or job.worker_id is None:
+        return None
+    now = now or datetime.now(UTC)
+    if _age(job.updated_at, now) < settings.hint_after:
+        return None
+    worker = workers([job.worker_id]).get(job.worker_id)
+    name = job.worker or "its worker"
+    silent = _age(worker.heartbeat_at, now) if worker is not None else None
+    if silent is not None and silent < 2 * settings.heartbeat_interval:
+        return None  # alive: a long step between two progress reports
+    lost = f"{name} is gone" if silent is None else f"{name} has sent no heartbeat for {silent:.0f} s"
+    overdue = settings.worker_dead_after + 2 * settings.sweep_interval
+    if silent is not None and silent < overdue:
+        return (
+            f"{lost} (killed or out of memory?); the sweep runs the job again once its worker has "
+            f"been silent for STACK_WORKER_DEAD_AFTER={settings.worker_dead_after:g} s"
+        )
+    return f"{lost}; beat's sweep should have queued the job again: is `stack run beat` running?"
 
 
 def _age(created_at: datetime, now: datetime | None) -> float:

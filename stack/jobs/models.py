@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,8 +62,18 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Every claim adds one: the attempt number is also the fencing token of the attempt's
+    # writes (progress and outcome land only while the row is still on that attempt).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Attempts that ended with no outcome: the worker was lost (killed, out of memory) or the
+    # database went away mid-attempt. They count against the kind's attempts like any other.
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # node name, for people
+    # Who runs the current attempt: the worker instance (a row of stack_workers, heartbeating)
+    # and the process in it. NULL for inline runs, which have no heartbeat.
+    worker_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Set once the broker accepted the message; NULL means "publish never happened" and the
     # sweep re-dispatches it (transactional-outbox style: the row is written before publishing).
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -75,7 +85,32 @@ class Job(Base):
     __table_args__ = (
         Index("ix_stack_jobs_status_created", "status", "created_at"),
         Index("ix_stack_jobs_kind_created", "kind", "created_at"),
+        Index("ix_stack_jobs_status_updated", "status", "updated_at"),
     )
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status} {self.progress}%>"
+
+
+RUNNING_STATUSES = frozenset({JobStatus.STARTED, JobStatus.PROGRESS})
+
+
+class Worker(Base):
+    """One running worker instance (a `celery worker` main process), heartbeating while alive.
+
+    A new row per start, so jobs of a worker that died and came back under the same node name
+    are known to be orphaned. `running` lists the job ids its pool executes at `heartbeat_at`.
+    """
+
+    __tablename__ = "stack_workers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    running: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} {self.id[:8]} beat {self.heartbeat_at}>"

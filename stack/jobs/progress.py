@@ -22,6 +22,7 @@ class ProgressReporter:
         self,
         *,
         job_id: str,
+        attempt: int,
         store: JobStore,
         publisher: EventPublisher,
         min_interval: float,
@@ -29,6 +30,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id = job_id
+        self.attempt = attempt
         self._store = store
         self._publisher = publisher
         self._min_interval = min_interval
@@ -60,12 +62,12 @@ class ProgressReporter:
         """Write the latest value if it differs from the stored one."""
         if self._latest == self._written and self._latest_message == self._written_message:
             return
-        live = self._store.set_progress(self.job_id, self._latest, self._latest_message)
+        live = self._store.set_progress(self.job_id, self._latest, self._latest_message, attempt=self.attempt)
         self._last_write_at = self._clock()
         self._written, self._written_message = self._latest, self._latest_message
         self.writes += 1
-        if not live:
-            raise JobCancelled(f"job {self.job_id} was cancelled")
+        if not live:  # revoked, or this attempt was judged lost and the job taken over
+            raise JobCancelled(f"job {self.job_id} was cancelled or moved on from attempt {self.attempt}")
         self._publisher.publish(
             self.job_id,
             {"status": JobStatus.PROGRESS.value, "progress": self._latest, "message": self._latest_message},

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from stack.errors import UnknownKindError
-from stack.jobs.hints import HintCache
+from stack.jobs.hints import HintCache, owner_hint
 from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind
 from stack.jobs.schemas import JobDetail, JobList, JobOut
@@ -105,14 +105,18 @@ def list_jobs(
 
 @router.get("/{task_id}", response_model=JobDetail, responses=_NOT_FOUND)
 def get_job(task_id: str, request: Request) -> Response:
-    """The job's row; `hint` says why it is still pending after a while."""
-    job = _service(request).store.get(task_id)
+    """The job's row; `hint` says why it is still pending after a while, or why a running job
+    shows no sign of life (its worker stopped heartbeating)."""
+    service = _service(request)
+    job = service.store.get(task_id)
     if job is None:
         raise HTTPException(404, detail=f"no job with id {task_id!r}")
     detail = JobDetail.model_validate(job)
     hints: HintCache | None = getattr(request.app.state, "hints", None)
     if hints is not None:  # None in inline mode: a job there is never pending
-        detail.hint = hints.hint_for(job)
+        detail.hint = hints.hint_for(job) or owner_hint(
+            job, settings=service.runtime.settings, workers=service.store.workers
+        )
     return _json(detail)
 
 

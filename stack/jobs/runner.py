@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from stack.errors import UnknownKindError
 from stack.jobs.events import EventPublisher
-from stack.jobs.models import Job, JobStatus
+from stack.jobs.liveness import Owner, attempts_allowed, give_up_error, lost_reason
+from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.progress import ProgressReporter
 from stack.jobs.registry import JobCancelled, JobContext, JobKind, JobRegistry, TransientError
 from stack.jobs.store import JobStore
@@ -36,10 +37,39 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class LivenessPolicy:
+    """When a running job's owner counts as dead (see stack.jobs.liveness.lost_reason)."""
+
+    dead_after: float = 30.0
+    settle: float = 5.0
+
+
+@dataclass(frozen=True)
 class Outcome:
-    status: JobStatus | None  # None: nothing ran (job unknown, finished or revoked before start)
+    status: JobStatus | None  # None: nothing ran (job unknown, finished, revoked or running)
     job: Job | None = None
     countdown: float = 0.0
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """The attempt a message's sender gave up with nothing recorded (the database went away):
+    that message alone may take the job over from it, since its owner is alive and well."""
+
+    worker_id: str | None
+    attempt: int
+
+
+class AttemptAbandoned(Exception):
+    """The database became unreachable mid-attempt: nothing about the job could be recorded.
+    The caller runs it again later, carrying `abandoned` so the new message may take over."""
+
+    def __init__(self, job_id: str, abandoned: Abandoned, cause: OperationalError) -> None:
+        super().__init__(
+            f"job {job_id}: attempt {abandoned.attempt} abandoned, database unreachable: {cause}"
+        )
+        self.abandoned = abandoned
+        self.cause = cause
 
 
 @dataclass
@@ -50,33 +80,90 @@ class JobRunner:
     storage_dir: Path
     retry_policy: RetryPolicy
     progress_interval: float
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
 
-    def run(self, job_id: str, *, worker: str, resume: bool = False) -> Outcome:
-        """`resume`: this message may take over a job marked running (see JobStore.claim)."""
+    def run(self, job_id: str, *, owner: Owner, abandoned: Abandoned | None = None) -> Outcome:
         with self.store.pinned() as store:
-            return replace(self, store=store)._attempt(job_id, worker=worker, resume=resume)
+            return replace(self, store=store)._attempt(job_id, owner=owner, abandoned=abandoned)
 
-    def _attempt(self, job_id: str, *, worker: str, resume: bool) -> Outcome:
-        job = self.store.claim(job_id, worker=worker, resume=resume)
+    def max_attempts(self, kind_name: str) -> int:
+        try:
+            kind_retries = self.registry.get(kind_name).max_retries
+        except UnknownKindError:
+            kind_retries = None
+        return attempts_allowed(self.retry_policy.max_retries if kind_retries is None else kind_retries)
+
+    def release_lost(self, job: Job, reason: str, *, resend: bool) -> Job | None:
+        """End `job`'s attempt, known to be lost for `reason`: queued again, or failed when it
+        was the last one allowed. None when the row had moved on already."""
+        allowed = self.max_attempts(job.kind)
+        give_up = give_up_error(job, reason, allowed=allowed) if job.attempts >= allowed else None
+        released = self.store.release(job, reason=reason, give_up=give_up, resend=resend)
+        if released is None:
+            return None
+        if released.status is JobStatus.FAILURE:
+            log.warning("job %s (%s) failed: %s", job.id, job.kind, released.error)
+        else:
+            log.warning(
+                "job %s (%s) attempt %d lost: %s; queued again", job.id, job.kind, job.attempts, reason
+            )
+        self.publish_state(released)
+        return released
+
+    def _attempt(self, job_id: str, *, owner: Owner, abandoned: Abandoned | None) -> Outcome:
+        job = self.store.claim(job_id, owner=owner)
         if job is None:
             existing = self.store.get(job_id)
-            if existing is None:
-                log.error(
-                    "job %s is not in the database; is this worker on another DATABASE_URL than the API?",
-                    job_id,
-                )
-            elif existing.status.is_terminal:
-                log.info("job %s is already %s; not running it again", job_id, existing.status.value)
-            else:
-                log.warning(
-                    "job %s is already running on %s (attempt %d); dropped a duplicate message",
-                    job_id,
-                    existing.worker,
-                    existing.attempts,
-                )
-            return Outcome(status=None, job=existing)
-        log.info("job %s (%s) attempt %d started on %s", job.id, job.kind, job.attempts, worker)
-        self._publish(job)
+            job = self._take_over(existing, owner=owner, abandoned=abandoned) if existing else None
+            if job is None:
+                if existing is None:
+                    log.error(
+                        "job %s is not in the database; is this worker on another DATABASE_URL than the API?",
+                        job_id,
+                    )
+                return Outcome(status=None, job=existing)
+        log.info("job %s (%s) attempt %d started on %s", job.id, job.kind, job.attempts, owner.name)
+        try:
+            return self._run_claimed(job)
+        except OperationalError as exc:
+            raise AttemptAbandoned(job.id, Abandoned(owner.worker_id, job.attempts), exc) from exc
+
+    def _take_over(self, job: Job, *, owner: Owner, abandoned: Abandoned | None) -> Job | None:
+        """The claim found `job` not claimable. If it is running and its attempt is known to be
+        lost, end that attempt and claim the job for a new one; otherwise this message is a
+        duplicate (or late) and is dropped."""
+        if job.status.is_terminal:
+            log.info("job %s is already %s; not running it again", job.id, job.status.value)
+            return None
+        if abandoned is not None and (job.worker_id, job.attempts) == (
+            abandoned.worker_id,
+            abandoned.attempt,
+        ):
+            reason: str | None = "the database was unreachable mid-attempt"
+        else:
+            workers = self.store.workers([job.worker_id]) if job.worker_id else {}
+            reason = lost_reason(
+                job,
+                workers.get(job.worker_id or ""),
+                now=utcnow(),
+                dead_after=self.liveness.dead_after,
+                settle=self.liveness.settle,
+            )
+        if reason is None:
+            log.warning(
+                "job %s is already running on %s (attempt %d); dropped a duplicate message",
+                job.id,
+                job.worker,
+                job.attempts,
+            )
+            return None
+        released = self.release_lost(job, reason, resend=False)
+        if released is None or released.status is not JobStatus.PENDING:
+            return None
+        return self.store.claim(job.id, owner=owner)
+
+    def _run_claimed(self, job: Job) -> Outcome:
+        self.publish_state(job)
         try:
             kind = self.registry.get(job.kind)
             params = kind.validate(job.params)
@@ -89,6 +176,7 @@ class JobRunner:
     def _execute(self, job: Job, kind: JobKind, params: object) -> Outcome:
         reporter = ProgressReporter(
             job_id=job.id,
+            attempt=job.attempts,
             store=self.store,
             publisher=self.publisher,
             min_interval=self.progress_interval,
@@ -103,10 +191,9 @@ class JobRunner:
         )
         try:
             result = kind.handler(params, context)
-            _check_json(result)  # no flush: success writes progress 100 itself
+            _check_storable(result)  # no flush: success writes progress 100 itself
         except JobCancelled:
-            log.info("job %s was cancelled while running; stopped", job.id)
-            return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
+            return self._stopped(job)
         except TransientError as exc:
             return self._retry(job, kind, f"{type(exc).__name__}: {exc}")
         except OperationalError:
@@ -116,44 +203,68 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s (%s) failed", job.id, job.kind)
             return self._fail(job, f"{type(exc).__name__}: {exc}")
-        if not self.store.succeed(job.id, result=result):  # revoked while finishing
-            return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
+        try:
+            stored = self.store.succeed(job.id, result=result, attempt=job.attempts)
+        except OperationalError:
+            raise
+        except DBAPIError as exc:  # a value the database refuses, whatever json.dumps allowed
+            return self._fail(job, f"the database refused the handler's result: {exc.orig}")
+        if not stored:  # revoked (or taken over) while finishing
+            return self._stopped(job)
         log.info("job %s (%s) succeeded", job.id, job.kind)
         self.publisher.publish(
             job.id, {"status": JobStatus.SUCCESS.value, "progress": 100, "message": "done"}
         )
         return Outcome(status=JobStatus.SUCCESS)
 
+    def _stopped(self, job: Job) -> Outcome:
+        """The row stopped being this attempt's while it ran: revoked, or taken over after the
+        attempt was judged lost (its worker looked dead). Either way this run records nothing."""
+        now = self.store.get(job.id)
+        if now is not None and now.status is JobStatus.REVOKED:
+            log.info("job %s was cancelled while running; stopped", job.id)
+            return Outcome(status=JobStatus.REVOKED, job=now)
+        log.warning(
+            "job %s attempt %d stopped: the job moved on without it (now %s, attempt %s)",
+            job.id,
+            job.attempts,
+            now.status.value if now else "deleted",
+            now.attempts if now else "-",
+        )
+        return Outcome(status=None, job=now)
+
     def _retry(self, job: Job, kind: JobKind, error: str) -> Outcome:
-        max_retries = self.retry_policy.max_retries if kind.max_retries is None else kind.max_retries
-        if job.attempts > max_retries:
-            return self._fail(job, f"gave up after {job.attempts} attempts; last error: {error}")
+        allowed = self.max_attempts(kind.name)
+        if job.attempts >= allowed:
+            return self._fail(job, f"gave up after {job.attempts} of {allowed} attempts; last error: {error}")
         countdown = self.retry_policy.countdown(job.attempts)
-        updated = self.store.retry(job.id, error=error, countdown=countdown)
+        updated = self.store.retry(job.id, error=error, countdown=countdown, attempt=job.attempts)
         if updated is None:
-            return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
+            return self._stopped(job)
         log.warning(
             "job %s attempt %d failed transiently (%s); retry in %g s", job.id, job.attempts, error, countdown
         )
-        self._publish(updated)
+        self.publish_state(updated)
         return Outcome(status=JobStatus.RETRY, job=updated, countdown=countdown)
 
     def _fail(self, job: Job, error: str) -> Outcome:
-        failed = self.store.fail(job.id, error=error)
+        failed = self.store.fail(job.id, error=error, attempt=job.attempts)
         if failed is None:
-            return Outcome(status=JobStatus.REVOKED, job=self.store.get(job.id))
+            return self._stopped(job)
         log.warning("job %s (%s) failed: %s", job.id, job.kind, error)
-        self._publish(failed)
+        self.publish_state(failed)
         return Outcome(status=JobStatus.FAILURE, job=failed)
 
-    def _publish(self, job: Job) -> None:
+    def publish_state(self, job: Job) -> None:
         self.publisher.publish(
             job.id, {"status": job.status.value, "progress": job.progress, "message": job.message}
         )
 
 
-def _check_json(result: object) -> None:
+def _check_storable(result: object) -> None:
+    """Strict JSON, as the database stores it: NaN and Infinity are not JSON (PostgreSQL refuses
+    them). What else the database refuses fails the job when the result is written."""
     try:
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"handler returned a result that is not JSON-serialisable: {exc}") from exc
+        raise TypeError(f"handler returned a result that cannot be stored as JSON: {exc}") from exc

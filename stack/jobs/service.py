@@ -10,6 +10,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
 from stack.jobs.dispatched import DispatchRecorder
+from stack.jobs.liveness import Owner
 from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.registry import JobKind
 from stack.runtime import Runtime
@@ -75,7 +76,7 @@ class JobService:
     def _run_inline(self, job_id: str) -> Job:
         runner = self.runtime.runner
         while True:
-            outcome = runner.run(job_id, worker="inline")
+            outcome = runner.run(job_id, owner=Owner.inline())
             if outcome.status is not JobStatus.RETRY:
                 break
             time.sleep(outcome.countdown)

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     Connection,
     Engine,
     Table,
@@ -21,16 +20,17 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import make_engine, session_factory
-from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from stack.jobs.liveness import Owner
+from stack.jobs.models import RUNNING_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Worker, utcnow
 
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
+_WORKERS: Table = Worker.__table__  # type: ignore[assignment]
 _LIVE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
 
 
@@ -40,24 +40,32 @@ def _live_update(**values: Any) -> Update:
 
 # The per-job statements, built once: constructing a SQLAlchemy expression costs more Python
 # than executing its cached compiled form. Values come in as bind parameters.
-# A job marked running (started/progress) is taken again only by a message that comes back
-# because its worker was lost, or by its own retry (`resume`); any other is a duplicate.
-_CLAIMABLE = or_(
-    _TABLE.c.status.in_([JobStatus.PENDING, JobStatus.RETRY]), bindparam("resume", type_=Boolean)
-)
+# Only a job nobody runs is claimed: pending, or retrying. A running job is taken over only
+# after its lost attempt was released (`release`), so two runs of one job never overlap.
 _CLAIM = (
     _live_update(
         status=JobStatus.STARTED,
         attempts=_TABLE.c.attempts + 1,
         worker=bindparam("worker"),
+        worker_id=bindparam("worker_id"),
+        worker_pid=bindparam("worker_pid"),
+        claimed_at=bindparam("now"),
         message="started",
         started_at=func.coalesce(_TABLE.c.started_at, bindparam("now")),
         dispatched_at=func.coalesce(_TABLE.c.dispatched_at, bindparam("now")),
         updated_at=bindparam("now"),
     )
-    .where(_CLAIMABLE)
+    .where(_TABLE.c.status.in_([JobStatus.PENDING, JobStatus.RETRY]))
     .returning(*_TABLE.c)
 )
+
+
+def _attempt_update(**values: Any) -> Update:
+    """A write of one attempt: it lands only while the row is live and still on that attempt
+    (the attempt number is the fencing token), so a run that was taken over records nothing."""
+    return _live_update(**values).where(_TABLE.c.attempts == bindparam("attempt"))
+
+
 _GET = select(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
 _INSERT = insert(_TABLE)
 _MARK_DISPATCHED = (
@@ -65,13 +73,13 @@ _MARK_DISPATCHED = (
     .where(_TABLE.c.id.in_(bindparam("job_ids", expanding=True)), _TABLE.c.dispatched_at.is_(None))
     .values(dispatched_at=bindparam("now"))
 )
-_PROGRESS = _live_update(
+_PROGRESS = _attempt_update(
     status=JobStatus.PROGRESS,
     progress=case((_TABLE.c.progress < bindparam("percent"), bindparam("percent")), else_=_TABLE.c.progress),
     message=bindparam("text"),
     updated_at=bindparam("now"),
 )
-_SUCCEED = _live_update(
+_SUCCEED = _attempt_update(
     status=JobStatus.SUCCESS,
     progress=100,
     message="done",
@@ -84,6 +92,12 @@ _SUCCEED = _live_update(
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+def clean_text(text: str, *, limit: int | None = 500) -> str:
+    """Text PostgreSQL can store (no NUL character), cut to the column's length."""
+    text = str(text).replace("\x00", "\\0")
+    return text if limit is None else text[:limit]
 
 
 class JobStore:
@@ -107,9 +121,10 @@ class JobStore:
             view._sessions = sessionmaker(bind=connection, expire_on_commit=False)
             yield view
 
-    def dispose(self) -> None:
-        self._fast.dispose()
-        self.engine.dispose()
+    def dispose(self, *, close: bool = True) -> None:
+        """`close=False` in a forked child: forget the parent's connections without closing."""
+        self._fast.dispose(close=close)
+        self.engine.dispose(close=close)
 
     # --- reads ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -148,6 +163,7 @@ class JobStore:
             message="queued",
             params=params,
             attempts=0,
+            lost_attempts=0,
             created_at=now,
             updated_at=now,
         )
@@ -166,7 +182,7 @@ class JobStore:
 
     def note(self, job_id: str, message: str) -> Job | None:
         """Change only the message of a live job (e.g. "dispatch deferred: broker unreachable")."""
-        return self._update(job_id, message=message[:500], updated_at=utcnow())
+        return self._update(job_id, message=clean_text(message), updated_at=utcnow())
 
     def revoke(self, job_id: str, *, message: str = "cancelled") -> Job | None:
         """Revoke a live job; returns None when it was already finished (or never existed)."""
@@ -176,47 +192,87 @@ class JobStore:
         )
 
     # --- writes from the worker ---------------------------------------------------------------------
-    def claim(self, job_id: str, *, worker: str, resume: bool = False) -> Job | None:
-        """Take a pending (or retrying) job for one attempt. None: finished, revoked, unknown or
-        running elsewhere, so do not run it.
-
-        `resume`: the message came back because the worker running the job was lost (killed
-        mid-job, redelivered by the broker) or it is the job's own retry; it takes the row from
-        `started`/`progress` again. That is what makes acks_late lose nothing, while a duplicate
-        message (a re-send by the sweep) never runs a job twice at once.
-        """
+    def claim(self, job_id: str, *, owner: Owner) -> Job | None:
+        """Take a pending (or retrying) job for one attempt, recording who runs it. None:
+        finished, revoked, unknown or running, so do not run it (a running job is taken over
+        only through `release`, once its attempt is known to be lost)."""
+        params = {
+            "job_id": job_id,
+            "worker": owner.name,
+            "worker_id": owner.worker_id,
+            "worker_pid": owner.pid,
+            "now": utcnow(),
+        }
         with self._autocommit() as connection:
-            row = connection.execute(
-                _CLAIM, {"job_id": job_id, "worker": worker, "now": utcnow(), "resume": resume}
-            ).one_or_none()
+            row = connection.execute(_CLAIM, params).one_or_none()
         return Job(**row._mapping) if row is not None else None
 
-    def set_progress(self, job_id: str, percent: int, message: str) -> bool:
-        """Record progress, never lower than what was stored. False once the job is no longer live
-        (revoked), which tells the running handler to stop."""
-        return self._execute_live(_PROGRESS, job_id=job_id, percent=percent, text=message[:500], now=utcnow())
+    def release(self, job: Job, *, reason: str, give_up: str | None, resend: bool) -> Job | None:
+        """End `job`'s running attempt, which is known to be lost (see stack.jobs.liveness):
+        pending again for a new attempt, or failed with `give_up` when no attempt is left.
+        `resend`: no message of the job is left in the broker, so the sweep must send one.
+        None when the row moved on first (finished, revoked, or another attempt began)."""
+        now = utcnow()
+        values: dict[str, Any] = {"updated_at": now, "lost_attempts": _TABLE.c.lost_attempts + 1}
+        if give_up is not None:
+            values |= {"status": JobStatus.FAILURE, "message": "failed", "error": give_up, "finished_at": now}
+        else:
+            values |= {
+                "status": JobStatus.PENDING,
+                "message": f"attempt {job.attempts} lost, queued again: {reason}"[:500],
+                "worker_id": None,
+                "worker_pid": None,
+            }
+            if resend:
+                values["dispatched_at"] = None
+        statement = (
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.status.in_(RUNNING_STATUSES),
+                Job.attempts == job.attempts,
+            )
+            .values(**values)
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+        with self._sessions.begin() as session:
+            return session.scalars(statement).one_or_none()
 
-    def succeed(self, job_id: str, *, result: Any) -> bool:
-        """False when the job stopped being live first (revoked while finishing)."""
-        return self._execute_live(_SUCCEED, job_id=job_id, outcome=result, now=utcnow())
+    def set_progress(self, job_id: str, percent: int, message: str, *, attempt: int) -> bool:
+        """Record progress, never lower than what was stored. False once the job is no longer
+        live (revoked) or no longer on this attempt, which tells the running handler to stop."""
+        return self._execute_live(
+            _PROGRESS, job_id=job_id, attempt=attempt, percent=percent, text=clean_text(message), now=utcnow()
+        )
 
-    def fail(self, job_id: str, *, error: str) -> Job | None:
+    def succeed(self, job_id: str, *, result: Any, attempt: int) -> bool:
+        """False when the job stopped being this attempt's first (revoked while finishing)."""
+        return self._execute_live(_SUCCEED, job_id=job_id, attempt=attempt, outcome=result, now=utcnow())
+
+    def fail(self, job_id: str, *, error: str, attempt: int | None = None) -> Job | None:
+        """`attempt`: only while the row is still on that attempt (None: whatever runs)."""
         now = utcnow()
         return self._update(
             job_id,
+            attempt=attempt,
             status=JobStatus.FAILURE,
             message="failed",
-            error=error,
+            error=clean_text(error, limit=None),
             updated_at=now,
             finished_at=now,
         )
 
-    def retry(self, job_id: str, *, error: str, countdown: float) -> Job | None:
+    def retry(self, job_id: str, *, error: str, countdown: float, attempt: int) -> Job | None:
+        error = clean_text(error, limit=None)
         return self._update(
             job_id,
+            attempt=attempt,
             status=JobStatus.RETRY,
-            message=f"retrying in {countdown:g} s after: {error}"[:500],
+            message=clean_text(f"retrying in {countdown:g} s after: {error}"),
             error=error,
+            worker_id=None,
+            worker_pid=None,
             updated_at=utcnow(),
         )
 
@@ -258,16 +314,28 @@ class JobStore:
             with self.engine.begin() as connection:
                 connection.execute(update(_TABLE).where(_TABLE.c.id.in_(job_ids)).values(dispatched_at=None))
 
+    def running_owned(self, *, limit: int) -> Sequence[Job]:
+        """Running jobs with a heartbeating owner, to check against the workers' liveness."""
+        query = (
+            select(Job)
+            .where(Job.status.in_(RUNNING_STATUSES), Job.worker_id.is_not(None))
+            .order_by(Job.updated_at)
+            .limit(limit)
+        )
+        with self._sessions() as session:
+            return session.scalars(query).all()
+
     def take_stalled(
         self, *, silent_since: datetime, limit: int, decide: Callable[[Job], str | None]
     ) -> Sequence[Job]:
-        """Running or retrying jobs with no sign of life since `silent_since`. `decide(job)`
-        returns None (leave it), "requeue" (pending again, for the next dispatch) or an error
-        (fail it with that error)."""
+        """Jobs with no heartbeating owner — running inline, or retrying (the retry message
+        is somewhere in the broker) — silent since `silent_since`. `decide(job)` returns None
+        (leave it), "requeue" (pending again, for the next dispatch) or an error (fail it)."""
         query = (
             select(Job)
             .where(
-                Job.status.in_([JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.RETRY]),
+                Job.status.in_([*RUNNING_STATUSES, JobStatus.RETRY]),
+                Job.worker_id.is_(None),
                 Job.updated_at < silent_since,
             )
             .order_by(Job.updated_at)
@@ -281,9 +349,11 @@ class JobStore:
                 verdict = decide(job)
                 if verdict is None:
                     continue
+                if job.status in RUNNING_STATUSES:
+                    job.lost_attempts += 1
                 if verdict == "requeue":
                     job.status, job.dispatched_at = JobStatus.PENDING, None
-                    job.message = "re-queued: its worker was lost"
+                    job.message = "re-queued: no sign of life from its run"
                 else:
                     job.status, job.error, job.finished_at = JobStatus.FAILURE, verdict, now
                     job.message = "failed"
@@ -301,6 +371,39 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(delete(_TABLE).where(_TABLE.c.id.in_(ids))).rowcount
 
+    # --- workers' liveness ------------------------------------------------------------------------
+    def register_worker(self, *, worker_id: str, name: str, pid: int, queues: Sequence[str]) -> None:
+        now = utcnow()
+        row = {"id": worker_id, "name": name, "pid": pid, "queues": list(queues), "running": []}
+        with self.engine.begin() as connection:
+            connection.execute(insert(_WORKERS).values(**row, started_at=now, heartbeat_at=now))
+
+    def heartbeat(self, worker_id: str, *, running: Sequence[str], at: datetime) -> bool:
+        """Record that the worker is alive at `at` (taken before `running` was read) executing
+        `running`. False when its row is gone (cleaned up after a long silence)."""
+        statement = (
+            update(_WORKERS).where(_WORKERS.c.id == worker_id).values(heartbeat_at=at, running=list(running))
+        )
+        with self._autocommit() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._autocommit() as connection:
+            connection.execute(delete(_WORKERS).where(_WORKERS.c.id == worker_id))
+
+    def workers(self, ids: Sequence[str] | None = None) -> dict[str, Worker]:
+        query = select(Worker).order_by(Worker.name)
+        if ids is not None:
+            query = query.where(Worker.id.in_(list(ids)))
+        with self._sessions() as session:
+            return {worker.id: worker for worker in session.scalars(query).all()}
+
+    def purge_workers(self, *, silent_before: datetime) -> int:
+        with self._autocommit() as connection:
+            return connection.execute(
+                delete(_WORKERS).where(_WORKERS.c.heartbeat_at < silent_before)
+            ).rowcount
+
     def _execute_live(self, statement: Update, **params: Any) -> bool:
         with self._autocommit() as connection:
             return connection.execute(statement, params).rowcount == 1
@@ -313,11 +416,13 @@ class JobStore:
         with self._fast.connect() as connection:
             yield connection
 
-    def _update(self, job_id: str, **values: Any) -> Job | None:
-        """Change a live job and return it; None when it is finished, revoked or unknown."""
+    def _update(self, job_id: str, *, attempt: int | None = None, **values: Any) -> Job | None:
+        """Change a live job and return it; None when it is finished, revoked or unknown (or,
+        given `attempt`, on another attempt)."""
+        fence = () if attempt is None else (Job.attempts == attempt,)
         statement = (
             update(Job)
-            .where(Job.id == job_id, _LIVE)
+            .where(Job.id == job_id, _LIVE, *fence)
             .values(**values)
             .returning(Job)
             .execution_options(synchronize_session=False)

@@ -11,3 +11,12 @@ E2E_ENV = {
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
     return dict(E2E_ENV)
+
+
+# Two workers with names of their own, so a test can kill one and watch the other take over.
+TWO_WORKERS_PROCFILE = """\
+web: stack run api
+worker1: STACK_WORKER_NAME=one@%h stack run worker
+worker2: STACK_WORKER_NAME=two@%h stack run worker
+beat: stack run beat
+"""

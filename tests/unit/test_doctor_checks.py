@@ -256,3 +256,45 @@ def test_broker_fix_names_the_variable_that_decided_it(
 ) -> None:
     settings = make_settings(tmp_path, **{"celery_broker_url": None, **overrides})
     assert checks.broker_setting(settings).startswith(expected)
+
+
+# --- heartbeats ------------------------------------------------------------------------------------
+def _worker(name: str, silent: float, running: list[str] | None = None):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from stack.jobs.models import Worker, utcnow
+
+    beat = utcnow() - timedelta(seconds=silent)
+    return Worker(
+        id=name, name=f"{name}@h", pid=1, queues=["default"], running=running or [], heartbeat_at=beat
+    )
+
+
+def test_heartbeats_list_each_worker_with_its_last_beat() -> None:
+    from stack.config import Settings
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    result = checks.check_heartbeats(
+        [_worker("one", 2, ["j1"]), _worker("two", 4)], {"one": 1}, settings=settings
+    )
+    assert result.status is Status.OK
+    assert result.detail == "last heartbeats: one@h 2 s ago, running 1; two@h 4 s ago, running 0"
+
+
+def test_a_dead_worker_with_jobs_marked_running_is_a_warning_naming_beat() -> None:
+    from stack.config import Settings
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    result = checks.check_heartbeats([_worker("one", 2), _worker("gone", 95)], {"gone": 2}, settings=settings)
+    assert result.status is Status.WARN
+    assert "dead: gone@h silent for 95 s, 2 job(s) still marked running" in result.detail
+    assert "is `stack run beat` running?" in result.fix
+    quiet = checks.check_heartbeats([_worker("gone", 95)], {}, settings=settings)
+    assert quiet.status is Status.OK and "1 dead worker(s) with no job left" in quiet.detail
+
+
+def test_no_heartbeat_at_all_is_a_warning() -> None:
+    from stack.config import Settings
+
+    result = checks.check_heartbeats([], {}, settings=Settings(_env_file=None))  # type: ignore[call-arg]
+    assert result.status is Status.WARN and "stack run worker" in result.fix

@@ -13,6 +13,8 @@ from sqlalchemy import update
 from stack.doctor import checks, probe
 from stack.doctor.procfiles import fix_for_queue, line_for, worker_lines
 from stack.doctor.result import Status
+from stack.jobs.liveness import Owner
+from stack.jobs.migrate import head_revision
 from stack.jobs.models import Job, JobStatus, utcnow
 from stack.runtime import Runtime
 from tests.unit.conftest import make_settings
@@ -89,7 +91,7 @@ def test_pending_by_queue_counts_and_ages(runtime: Runtime) -> None:
     old = store.create(kind="generate_image", queue="content", params={})
     store.create(kind="generate_image", queue="content", params={})
     done = store.create(kind="demo", queue="default", params={})
-    store.succeed(done.id, result=None)
+    store.succeed(done.id, result=None, attempt=0)
     with runtime.engine.begin() as connection:
         connection.execute(
             update(Job)
@@ -126,7 +128,7 @@ def test_unmigrated_database_names_the_missing_revision(tmp_path: Path) -> None:
 
 def test_migrated_database_is_at_head(runtime: Runtime) -> None:
     result = checks.check_migrations(runtime.engine, timeout=1)
-    assert result.status is Status.OK and "0001_jobs" in result.detail
+    assert result.status is Status.OK and head_revision() in result.detail
 
 
 # --- Procfiles --------------------------------------------------------------------------------------
@@ -158,6 +160,6 @@ def test_quoted_queue_lists_and_all(tmp_path: Path) -> None:
 
 def test_pending_statuses_only(runtime: Runtime) -> None:
     job = runtime.store.create(kind="demo", queue="default", params={})
-    runtime.store.claim(job.id, worker="w")
+    runtime.store.claim(job.id, owner=Owner("w"))
     assert probe.pending_by_queue(runtime.engine) == {}
     assert runtime.store.get(job.id).status is JobStatus.STARTED  # type: ignore[union-attr]

@@ -140,3 +140,53 @@ def test_inline_mode_has_no_hint_cache(tmp_path: Path) -> None:
         body = api.post("/api/jobs/demo", json={"seconds": 0}).json()
         assert api.app.state.hints is None  # type: ignore[attr-defined]
         assert api.get(f"/api/jobs/{body['task_id']}").json()["hint"] is None
+
+
+# --- a running job whose worker went silent ---------------------------------------------------------
+def running_job(silent_for: float) -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id="j1",
+        kind="demo",
+        queue="default",
+        status=JobStatus.PROGRESS,
+        worker="one@h",
+        worker_id="w1",
+        updated_at=now - timedelta(seconds=silent_for),
+    )
+
+
+def worker_silent_for(seconds: float | None):  # type: ignore[no-untyped-def]
+    from stack.jobs.models import Worker
+
+    def lookup(ids: list[str]) -> dict[str, Worker]:
+        if seconds is None:
+            return {}
+        beat = datetime.now(UTC) - timedelta(seconds=seconds)
+        return {"w1": Worker(id="w1", name="one@h", pid=1, queues=[], running=["j1"], heartbeat_at=beat)}
+
+    return lookup
+
+
+@pytest.mark.parametrize(
+    ("job_silent", "worker_silent", "expected"),
+    [
+        (2, 100, None),  # the job moves: its worker is not even looked up
+        (60, 1, None),  # the worker beats: a long step between two progress reports
+        (60, 12, "one@h has sent no heartbeat for 12 s (killed or out of memory?); the sweep runs"),
+        (60, 100, "one@h has sent no heartbeat for 100 s; beat's sweep should have queued the job again"),
+        (60, None, "one@h is gone; beat's sweep should have queued the job again"),
+    ],
+)
+def test_a_silent_running_job_says_its_worker_stopped_heartbeating(
+    job_silent: float, worker_silent: float | None, expected: str | None
+) -> None:
+    from stack.config import Settings
+    from stack.jobs.hints import owner_hint
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    hint = owner_hint(running_job(job_silent), settings=settings, workers=worker_silent_for(worker_silent))
+    if expected is None:
+        assert hint is None
+    else:
+        assert hint is not None and hint.startswith(expected), hint

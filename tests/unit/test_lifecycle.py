@@ -12,8 +12,10 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from stack.jobs.celery_app import create_celery
+from stack.jobs.liveness import Owner
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import Job, JobStatus
+from stack.jobs.runner import Abandoned, AttemptAbandoned
 from stack.jobs.service import JobService, publish
 from stack.runtime import Runtime, build_runtime
 from tests.unit.conftest import make_settings
@@ -52,7 +54,7 @@ def submit_row(runtime: Runtime, kind: str, **params: object) -> str:
 
 def test_runner_success_goes_0_to_100_with_result(runtime: Runtime) -> None:
     job_id = submit_row(runtime, "demo", seconds=0, steps=4)
-    outcome = runtime.runner.run(job_id, worker="w@test")
+    outcome = runtime.runner.run(job_id, owner=Owner("w@test"))
     assert outcome.status is JobStatus.SUCCESS
     job = runtime.store.get(job_id)
     assert job is not None
@@ -63,7 +65,7 @@ def test_runner_success_goes_0_to_100_with_result(runtime: Runtime) -> None:
 
 def test_runner_failure_records_the_error(runtime: Runtime) -> None:
     job_id = submit_row(runtime, "demo", seconds=0, steps=5, fail_at=3)
-    assert runtime.runner.run(job_id, worker="w").status is JobStatus.FAILURE
+    assert runtime.runner.run(job_id, owner=Owner("w")).status is JobStatus.FAILURE
     job = runtime.store.get(job_id)
     assert job is not None and job.status is JobStatus.FAILURE
     assert job.error is not None and "failed at step 3" in job.error
@@ -74,28 +76,28 @@ def test_runner_transient_error_asks_for_retry_then_gives_up(tmp_path: Path) -> 
     runtime = build_runtime(make_settings(tmp_path, task_max_retries=1))
     upgrade(runtime.engine)
     job_id = submit_row(runtime, "demo", seconds=0, transient_failures=5)
-    first = runtime.runner.run(job_id, worker="w")
+    first = runtime.runner.run(job_id, owner=Owner("w"))
     assert first.status is JobStatus.RETRY and first.countdown > 0
     stored = runtime.store.get(job_id)
     assert (
         stored is not None and stored.status is JobStatus.RETRY and "transient failure 1/5" in stored.message
     )
-    second = runtime.runner.run(job_id, worker="w")
+    second = runtime.runner.run(job_id, owner=Owner("w"))
     assert second.status is JobStatus.FAILURE
-    assert second.job is not None and "gave up after 2 attempts" in (second.job.error or "")
+    assert second.job is not None and "gave up after 2 of 2 attempts" in (second.job.error or "")
 
 
 def test_runner_does_not_rerun_a_finished_job(runtime: Runtime) -> None:
     job_id = submit_row(runtime, "demo", seconds=0)
-    runtime.runner.run(job_id, worker="w")
-    again = runtime.runner.run(job_id, worker="w")
+    runtime.runner.run(job_id, owner=Owner("w"))
+    again = runtime.runner.run(job_id, owner=Owner("w"))
     assert again.status is None
     job = runtime.store.get(job_id)
     assert job is not None and job.attempts == 1
 
 
 def test_runner_unknown_job_id_is_a_noop(runtime: Runtime) -> None:
-    assert runtime.runner.run("missing", worker="w").status is None
+    assert runtime.runner.run("missing", owner=Owner("w")).status is None
 
 
 def test_runner_result_must_be_json(tmp_path: Path) -> None:
@@ -115,9 +117,9 @@ def test_runner_result_must_be_json(tmp_path: Path) -> None:
     runtime = build_runtime(make_settings(tmp_path), registry)
     upgrade(runtime.engine)
     job_id = runtime.store.create(kind="bad", queue="default", params={}).id
-    outcome = runtime.runner.run(job_id, worker="w")
+    outcome = runtime.runner.run(job_id, owner=Owner("w"))
     assert outcome.status is JobStatus.FAILURE
-    assert outcome.job is not None and "not JSON-serialisable" in (outcome.job.error or "")
+    assert outcome.job is not None and "cannot be stored as JSON" in (outcome.job.error or "")
 
 
 # --- through Celery: an in-process worker on the memory transport ---------------------------------
@@ -209,11 +211,11 @@ def test_a_database_outage_mid_job_is_retried_and_resumes(
     real_set_progress = store_type.set_progress
     failed: list[str] = []
 
-    def first_write_fails(self: object, job_id: str, percent: int, message: str) -> bool:
+    def first_write_fails(self: object, job_id: str, percent: int, message: str, *, attempt: int) -> bool:
         if not failed:
             failed.append(job_id)
             raise OperationalError("UPDATE stack_jobs ...", {}, Exception("server closed the connection"))
-        return real_set_progress(self, job_id, percent, message)  # type: ignore[arg-type]
+        return real_set_progress(self, job_id, percent, message, attempt=attempt)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store_type, "set_progress", first_write_fails)
     job = service.submit(runtime.registry.get("demo"), {"seconds": 0.1, "steps": 2})
@@ -247,7 +249,8 @@ def test_database_outage_mid_job_is_not_recorded_as_the_jobs_failure(
         raise OperationalError("UPDATE stack_jobs ...", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(type(runtime.store), "set_progress", database_gone)
-    with pytest.raises(OperationalError):  # the Celery task turns this into a retry
-        runtime.runner.run(job_id, worker="w")
+    with pytest.raises(AttemptAbandoned) as abandoned:  # the Celery task turns this into a retry
+        runtime.runner.run(job_id, owner=Owner("w", worker_id="id-1"))
+    assert abandoned.value.abandoned == Abandoned(worker_id="id-1", attempt=1)
     job = runtime.store.get(job_id)
     assert job is not None and job.status is JobStatus.STARTED and job.error is None

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from stack.jobs.liveness import Owner
 from stack.jobs.registry import JobCancelled
 from stack.jobs.store import JobStore
 
@@ -15,7 +16,7 @@ class FakeStore:
         self.writes: list[tuple[int, str]] = []
         self.live = True
 
-    def set_progress(self, job_id: str, percent: int, message: str) -> bool:
+    def set_progress(self, job_id: str, percent: int, message: str, *, attempt: int) -> bool:
         self.writes.append((percent, message))
         return self.live
 
@@ -42,6 +43,7 @@ def make(interval: float = 1.0, start: int = 0):  # type: ignore[no-untyped-def]
     store, publisher, clock = FakeStore(), RecordingPublisher(), Clock()
     reporter = ProgressReporter(
         job_id="j1",
+        attempt=1,
         store=store,  # type: ignore[arg-type]
         publisher=publisher,
         min_interval=interval,
@@ -142,8 +144,10 @@ def test_against_the_real_store(runtime) -> None:  # type: ignore[no-untyped-def
 
     store: JobStore = runtime.store
     job = store.create(kind="demo", queue="default", params={})
-    store.claim(job.id, worker="w")
-    reporter = ProgressReporter(job_id=job.id, store=store, publisher=NullPublisher(), min_interval=0)
+    store.claim(job.id, owner=Owner("w"))
+    reporter = ProgressReporter(
+        job_id=job.id, attempt=1, store=store, publisher=NullPublisher(), min_interval=0
+    )
     reporter(40, "rendering tile 4/10")
     stored = store.get(job.id)
     assert stored is not None
