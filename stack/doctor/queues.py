@@ -140,7 +140,7 @@ def _on_another_broker(
 
 
 def routes_of(task_routes: Mapping[str, Any], registry: JobRegistry) -> dict[str, list[str]]:
-    """{queue: what is routed there}: job kinds by name, other tasks (the sweep) by task name."""
+    """{queue: what is routed there}: job kinds by name, other tasks by task name."""
     routes: dict[str, list[str]] = {}
     for kind in registry:
         routes.setdefault(kind.queue, []).append(kind.name)

@@ -67,7 +67,7 @@ class Supervisor:
         self._running: Callable[[], list[str]] = running_job_ids
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failing_since: float | None = None
+        self._failing = False  # warn once per outage, not every few seconds
 
     # --- heartbeat --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,14 +102,8 @@ class Supervisor:
 
     def beat(self) -> None:
         at = utcnow()  # before reading `running`: a job claimed before `at` is in the list
-        store = self.runtime.store
-        if not store.heartbeat(self.worker_id, running=self._running(), at=at):
-            log.warning(
-                "worker %s: its stack_workers row was gone (cleaned up?); registering again", self.name
-            )
-            store.register_worker(
-                worker_id=self.worker_id, name=self.name, pid=os.getpid(), queues=self.queues
-            )
+        if not self.runtime.store.heartbeat(self.worker_id, running=self._running(), at=at):
+            self._register()  # registration failed at start, or the row was cleaned up since
 
     def _beat_forever(self) -> None:
         interval = self.runtime.settings.heartbeat_interval
@@ -119,14 +113,13 @@ class Supervisor:
             except Exception as exc:
                 self._report_failure(exc)
             else:
-                if self._failing_since is not None:
+                if self._failing:
                     log.warning("worker %s: heartbeat recorded again", self.name)
-                self._failing_since = None
+                self._failing = False
 
     def _report_failure(self, exc: Exception) -> None:
-        # Once per outage, not every few seconds.
-        if self._failing_since is None:
-            self._failing_since = utcnow().timestamp()
+        if not self._failing:
+            self._failing = True
             cause = getattr(exc, "orig", None) or exc
             log.warning(
                 "worker %s: heartbeat failed (%s); is the database migrated (stack run migrate)? "

@@ -169,9 +169,9 @@ def test_queue_without_consumer_fails_naming_kinds_and_the_fix() -> None:
 
 def test_routes_name_kinds_and_other_tasks() -> None:
     routes = queues.routes_of(
-        {"stack.sweep": {"queue": "default"}, "jobs.demo": {"queue": "default"}}, registry()
+        {"app.cleanup": {"queue": "default"}, "jobs.demo": {"queue": "default"}}, registry()
     )
-    assert routes == {"content": ["generate_content", "generate_image"], "default": ["demo", "stack.sweep"]}
+    assert routes == {"content": ["generate_content", "generate_image"], "default": ["app.cleanup", "demo"]}
 
 
 def test_old_pending_jobs_on_a_consumed_queue_warn_that_workers_cannot_keep_up() -> None:
