@@ -8,7 +8,8 @@ Fixtures:
     stack_services_mode      session  "auto" | "url" | "docker" | "local"
     stack_redis_service      session  a started RedisService (skips when none is available)
     stack_postgres_service   session  a started PostgresService (skips when none is available)
-    stack_redis_url          module   redis://host:port/N, a flushed logical database
+    stack_redis_url          module   redis://host:port/N, a flushed logical database (never one
+                                      holding someone else's keys)
     stack_database_url       module   postgresql://.../db, a database created for the module
 """
 
@@ -158,16 +159,29 @@ def _not_available(reason: str) -> NoReturn:
 
 # --- per-module resources -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def stack_redis_url(stack_redis_service: RedisService) -> str:
-    """A flushed logical Redis database for this module, e.g. redis://127.0.0.1:40123/3."""
-    return stack_redis_service.allocate_db()
+def stack_redis_url(stack_redis_service: RedisService) -> Iterator[str]:
+    """A flushed logical Redis database for this module, e.g. redis://127.0.0.1:40123/3.
+
+    Given back after the module, so the one database STACK_TEST_REDIS_URL names serves every
+    module in turn; the service refuses a database holding keys that are not the plugin's.
+    """
+    url = stack_redis_service.allocate_db()
+    try:
+        yield url
+    finally:
+        # Fixtures using the URL (the module's processes) depend on this one, so they are gone.
+        stack_redis_service.release_db(url)
 
 
 @pytest.fixture(scope="module")
 def stack_database_url(
     request: pytest.FixtureRequest, stack_postgres_service: PostgresService
 ) -> Iterator[str]:
-    """A PostgreSQL database created for this module and dropped after it (postgresql:// URL)."""
+    """A PostgreSQL database created for this module and dropped after it (postgresql:// URL).
+
+    Named `stack_<module>_<8 hex>`; the service drops only databases it created, never the one
+    STACK_TEST_DATABASE_URL names.
+    """
     from stack.testing.services.postgres import database_name, new_database_name
 
     module = request.module.__name__.rsplit(".", 1)[-1] if request.module else "session"

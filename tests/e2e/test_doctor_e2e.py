@@ -112,6 +112,7 @@ def test_worker_on_another_broker_or_database_is_named(
     finally:
         stray.teardown()
         spare.teardown()
+        stack_redis_service.release_db(other_broker)
 
 
 def test_queue_without_worker_fails_and_its_job_says_why(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ import redis
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
 from stack.testing.services.base import wait_for
-from stack.testing.services.postgres import PostgresService
+from stack.testing.services.postgres import PostgresService, database_name
 from stack.testing.services.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +38,10 @@ def tables(database_url: str) -> set[str]:
 
 
 @pytest.fixture
-def empty_database(stack_postgres_service: PostgresService) -> str:
-    return stack_postgres_service.create_database()
+def empty_database(stack_postgres_service: PostgresService) -> Iterator[str]:
+    url = stack_postgres_service.create_database()
+    yield url
+    stack_postgres_service.drop_database(database_name(url))
 
 
 def test_inline_mode_completes_jobs_with_no_broker_and_no_worker(stack_start, tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from stack.testing.services import Kind, ServiceError, find_binaries
-from stack.testing.services.postgres import PostgresService, database_name
-from stack.testing.services.redis import LocalRedis, RedisService
+from stack.testing.services.postgres import PostgresService, database_name, new_database_name
+from stack.testing.services.redis import OWNER_KEY, LocalRedis, RedisService, UrlRedis, db_index, owner_mark
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,7 @@ def test_redis_url_is_a_flushed_logical_database(stack_redis_url: str) -> None:
     client = redis.Redis.from_url(stack_redis_url, socket_timeout=2)
     try:
         assert client.ping()
-        assert client.dbsize() == 0
+        assert client.keys() == [OWNER_KEY.encode()]  # flushed; only the plugin's marker
         client.set("smoke", "1")
         assert client.get("smoke") == b"1"
     finally:
@@ -75,9 +75,56 @@ def test_redis_url_is_a_flushed_logical_database(stack_redis_url: str) -> None:
     assert urlsplit(stack_redis_url).path.lstrip("/").isdigit()
 
 
+def _spare_db(service: RedisService) -> str:
+    """One more database from the session's Redis, or a skip when it may not hand out another."""
+    try:
+        return service.allocate_db()
+    except ServiceError as exc:
+        if "already handed out" not in str(exc):
+            raise
+        pytest.skip(f"the session's Redis allows no further database: {exc}")
+
+
 def test_allocated_redis_databases_differ(stack_redis_service: RedisService) -> None:
-    first, second = stack_redis_service.allocate_db(), stack_redis_service.allocate_db()
-    assert first != second
+    first = _spare_db(stack_redis_service)
+    try:
+        second = _spare_db(stack_redis_service)
+        assert first != second
+        stack_redis_service.release_db(second)
+    finally:
+        stack_redis_service.release_db(first)
+
+
+def test_url_provider_honours_the_db_index_in_the_url(stack_redis_service: RedisService) -> None:
+    taken = _spare_db(stack_redis_service)  # a database of the real server that is ours to play with
+    try:
+        given = UrlRedis(taken)  # as if STACK_TEST_REDIS_URL named it
+        url = given.allocate_db()
+        assert db_index(url) == db_index(taken) == given.first_db
+        with pytest.raises(ServiceError, match="STACK_TEST_REDIS_DBS=2"):
+            given.allocate_db()  # only the one it was given, unless more are allowed
+    finally:
+        stack_redis_service.release_db(taken)
+
+
+def test_url_provider_refuses_a_database_with_foreign_keys_and_keeps_them(
+    stack_redis_service: RedisService,
+) -> None:
+    taken = _spare_db(stack_redis_service)
+    client = redis.Redis.from_url(taken, socket_timeout=2)
+    try:
+        client.delete(OWNER_KEY)  # now it looks like a user's database holding their data
+        client.set("session:alice", "precious")
+        with pytest.raises(ServiceError) as info:
+            UrlRedis(taken).allocate_db()
+        message = str(info.value)
+        assert f"db {db_index(taken)}" in message and "STACK_TEST_REDIS_URL" in message, message
+        assert "'session:alice'" in message, message
+        assert client.get("session:alice") == b"precious"
+    finally:
+        client.set(OWNER_KEY, owner_mark())  # ours again, so the session may hand it out later
+        client.close()
+        stack_redis_service.release_db(taken)
 
 
 def test_database_url_accepts_sql(stack_database_url: str) -> None:
@@ -113,6 +160,23 @@ def test_drop_database_works_with_open_connections(stack_postgres_service: Postg
     with psycopg.connect(stack_postgres_service.url, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database_name(url),)).fetchone()
     assert found is None
+
+
+def test_only_databases_the_service_created_are_dropped(stack_postgres_service: PostgresService) -> None:
+    own = database_name(stack_postgres_service.url)
+    with pytest.raises(ServiceError, match="refusing to drop"):
+        stack_postgres_service.drop_database(own)
+    # A name shaped like ours, but created by someone else (another run, a person): left alone.
+    foreign = new_database_name("stack_someone_else")
+    with psycopg.connect(stack_postgres_service.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{foreign}"')
+        try:
+            with pytest.raises(ServiceError, match="did not create it"):
+                stack_postgres_service.drop_database(foreign)
+            names = {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
+            assert {own, foreign} <= names
+        finally:
+            conn.execute(f'DROP DATABASE IF EXISTS "{foreign}"')
 
 
 # --- local Redis lifecycle (a private server, so the session one is not disturbed) ---------------

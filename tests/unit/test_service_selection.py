@@ -113,6 +113,33 @@ def test_url_mode_uses_the_url() -> None:
     assert choice == ProviderChoice("redis", "url", url="redis://r:6379/0")
 
 
+def test_redis_dbs_come_with_the_redis_url_and_reach_the_service() -> None:
+    from stack.testing.services.redis import UrlRedis
+    from stack.testing.services.selection import build_service
+
+    env = {"STACK_TEST_REDIS_URL": "redis://r:6379/5", "STACK_TEST_REDIS_DBS": " 3 "}
+    choice = select("redis", env=env, docker=_never, binaries=_no_lookup)
+    assert choice == ProviderChoice("redis", "url", url="redis://r:6379/5", redis_dbs=3)
+    service = build_service(choice)
+    assert isinstance(service, UrlRedis) and service.databases() == range(5, 8)
+    # Unset: the URL's database and no other.
+    only = build_service(select("redis", env={"STACK_TEST_REDIS_URL": "redis://r:6379/5"}))
+    assert isinstance(only, UrlRedis) and only.databases() == range(5, 6)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "5-8"])
+def test_a_malformed_redis_dbs_is_an_error_not_a_guess(value: str) -> None:
+    env = {"STACK_TEST_REDIS_URL": "redis://r:6379/5", "STACK_TEST_REDIS_DBS": value}
+    with pytest.raises(ConfigError, match=r"STACK_TEST_REDIS_DBS=.*at least 1"):
+        select("redis", env=env)
+
+
+def test_redis_dbs_matter_only_for_a_redis_url() -> None:
+    env = {"STACK_TEST_REDIS_DBS": "nonsense", "STACK_TEST_DATABASE_URL": "postgresql://db/app"}
+    assert select("postgres", env=env) == ProviderChoice("postgres", "url", url="postgresql://db/app")
+    assert select("redis", env=env, docker=True) == ProviderChoice("redis", "docker")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_url_mode_without_url_is_unavailable_even_with_docker_and_binaries(kind: Kind) -> None:
     choice = select(kind, "url", docker=True, binaries=True)
@@ -207,6 +234,7 @@ def test_redis_logical_database_replaces_path_and_db_query() -> None:
 
     assert with_db("redis://:pw@h:1/0", 5) == "redis://:pw@h:1/5"
     assert with_db("rediss://h:1?db=2&ssl_cert_reqs=none", 3) == "rediss://h:1/3?ssl_cert_reqs=none"
+    assert with_db("redis://h:1", 7) == "redis://h:1/7"
 
 
 def test_postgres_urls_are_plain_libpq_form() -> None:

@@ -1,4 +1,10 @@
-"""PostgreSQL for tests: a given URL, a testcontainers container, or a local postmaster child."""
+"""PostgreSQL for tests: a given URL, a testcontainers container, or a local postmaster child.
+
+Test databases are created and dropped by name only, and only names the plugin makes
+(`new_database_name`: `stack_<what>_<8 hex>`): a service drops nothing but the databases it
+created itself, and never the database its URL connects to, so pointing STACK_TEST_DATABASE_URL
+at a real server cannot cost anyone a database.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -19,11 +25,16 @@ from psycopg import sql
 from stack.testing.services.base import Service, ServiceError
 from stack.testing.services.local import LocalServer
 from stack.testing.services.processes import RunAs, unprivileged_user
+from stack.testing.services.selection import URL_ENV
+from stack.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
 DOCKER_IMAGE = "postgres:16-alpine"
-_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+TEST_DB_PREFIX = "stack_"
+# Exactly what new_database_name makes; nothing else is ever created or dropped. Lowercase ASCII
+# and at most 63 bytes (NAMEDATALEN), so the server never folds or truncates it into another name.
+_TEST_DB_NAME = re.compile(rf"^{TEST_DB_PREFIX}[a-z0-9_]{{1,48}}_[0-9a-f]{{8}}$")
 
 
 def libpq_url(url: str) -> str:
@@ -35,23 +46,49 @@ def libpq_url(url: str) -> str:
 
 
 def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    """The same server URL pointed at database `name`."""
+    parts = urlsplit(url)
+    # libpq lets ?dbname= override the path: left in, every test would land in the URL's database.
+    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("dbname="))
+    return urlunsplit(parts._replace(path=f"/{name}", query=query))
 
 
 def database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
+    return unquote(urlsplit(url).path.lstrip("/"))
+
+
+def connected_databases(url: str) -> set[str]:
+    """Every name the database `url` connects to may have: libpq takes ?dbname=, then the path,
+    then (with neither) the user name. Used to refuse ever dropping the URL's own database."""
+    parts = urlsplit(url)
+    names = {database_name(url), unquote(parts.username or "")}
+    names.update(value for key, value in parse_qsl(parts.query) if key in ("dbname", "user"))
+    return {name for name in names if name}
 
 
 def new_database_name(prefix: str = "stack_test") -> str:
-    """A fresh, valid database name: `prefix` cleaned up, plus random hex to keep it unique."""
-    cleaned = re.sub(r"[^a-z0-9_]+", "_", prefix.lower()).strip("_") or "stack_test"
-    if cleaned[0].isdigit():
-        cleaned = f"db_{cleaned}"
-    return f"{cleaned[:50]}_{secrets.token_hex(4)}"
+    """A fresh, valid test database name: `stack_`, `prefix` cleaned up, random hex to keep it unique.
+
+    The `stack_` start and the hex end are what lets `drop_database` tell the plugin's databases
+    from anyone else's.
+    """
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", prefix.lower()).strip("_") or "test"
+    cleaned = cleaned.removeprefix(TEST_DB_PREFIX).strip("_") or "test"
+    return f"{TEST_DB_PREFIX}{cleaned[:48]}_{secrets.token_hex(4)}"
+
+
+def is_test_database_name(name: str) -> bool:
+    """True for names `new_database_name` makes, the only ones the plugin creates or drops."""
+    return bool(_TEST_DB_NAME.match(name))
 
 
 class PostgresService(Service):
     name = "postgres"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # What this object created and has not dropped yet: the only names it will ever drop.
+        self._created: set[str] = set()
 
     def connect(self, url: str | None = None, timeout: float = 5.0) -> psycopg.Connection[Any]:
         # libpq's connect_timeout is whole seconds (and at least 2 in recent versions).
@@ -65,39 +102,69 @@ class PostgresService(Service):
         return with_database(self.url, name)
 
     def create_database(self, name: str | None = None) -> str:
-        """Create an empty database and return its `postgresql://` URL."""
+        """Create an empty database and return its `postgresql://` URL.
+
+        `name` must come from `new_database_name` (default: a fresh one), so that it can be told
+        apart from the databases the server already had when the time comes to drop it.
+        """
         name = name or new_database_name()
-        if not _DB_NAME.match(name):
+        if not is_test_database_name(name):
             raise ServiceError(
-                f"invalid test database name {name!r}: use lowercase letters, digits and _, "
-                "at most 63 characters"
+                f"refusing to create test database {name!r}: the plugin only creates (and later "
+                f"drops) names made by new_database_name(), like {new_database_name('module')!r}"
             )
+        self._refuse_own(name, "create")
         with self.connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self._created.add(name)
         logger.debug("created database %s", name)
         return self.database_url(name)
 
     def drop_database(self, name: str) -> None:
-        """Drop the database even if connections are still open (worker processes may linger)."""
-        if name == database_name(self.url):
-            raise ServiceError(f"refusing to drop {name!r}: it is the service's own database")
+        """Drop a database this object created, even if connections are still open (worker
+        processes may linger); anything else is refused with ServiceError."""
+        self._refuse_own(name, "drop")
+        if not is_test_database_name(name):
+            raise ServiceError(
+                f"refusing to drop database {name!r}: it is not a test database name the plugin "
+                f"makes ({TEST_DB_PREFIX}<name>_<8 hex>), so it may be someone else's"
+            )
+        if name not in self._created:
+            raise ServiceError(
+                f"refusing to drop database {name!r}: this {self.name} ({self.provider}) service did "
+                "not create it; drop only what create_database() returned (a leftover of an "
+                "earlier run can be dropped by hand)"
+            )
         ident = sql.Identifier(name)
         with self.connect() as conn:
             if conn.info.server_version >= 130000:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-                return
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
+            else:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+        self._created.discard(name)
+        logger.debug("dropped database %s", name)
+
+    def _refuse_own(self, name: str, action: str) -> None:
+        if name in connected_databases(self.url):
+            where = f" ({URL_ENV['postgres']})" if self.provider == "url" else ""
+            raise ServiceError(
+                f"refusing to {action} database {name!r}: it is the database "
+                f"{redact_url(self.url)}{where} connects to; the plugin only {action}s databases "
+                "of its own next to it"
             )
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
 
 
 class UrlPostgres(PostgresService):
     """A PostgreSQL someone else runs (STACK_TEST_DATABASE_URL); we never stop it.
 
-    Test databases are created next to the URL's database, so its user needs CREATEDB.
+    Test databases are created next to the URL's database, so its user needs CREATEDB. The URL's
+    own database is only connected to: never written, never dropped. Each test database is named
+    `stack_<module>_<8 hex>` and dropped after its module; nothing else on the server is touched.
     """
 
     provider = "url"

@@ -30,6 +30,9 @@ URL_ENV: dict[Kind, str] = {
     "redis": "STACK_TEST_REDIS_URL",
     "postgres": "STACK_TEST_DATABASE_URL",
 }
+# How many logical databases, from the one STACK_TEST_REDIS_URL names, the tests may flush and use.
+# One unless the user says so: the others may hold someone's data (see redis.UrlRedis).
+REDIS_DBS_ENV = "STACK_TEST_REDIS_DBS"
 _URL_EXAMPLE: dict[Kind, str] = {
     "redis": "redis://127.0.0.1:6379/0",
     "postgres": "postgresql://user:password@127.0.0.1:5432/postgres",
@@ -55,6 +58,7 @@ class ProviderChoice:
     provider: ProviderName
     url: str | None = None
     binary: Path | None = None  # redis-server, or PostgreSQL's bin dir
+    redis_dbs: int = 1  # url provider for redis only: STACK_TEST_REDIS_DBS
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,19 @@ def resolve_mode(option: str | None, env: Mapping[str, str]) -> Mode:
     return parse_mode(option if option else env.get(MODE_ENV))
 
 
+def parse_redis_dbs(value: str | None) -> int:
+    """The count from STACK_TEST_REDIS_DBS; unset or empty means 1 (only the URL's own db)."""
+    text = (value or "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"{REDIS_DBS_ENV}={value!r} is not valid; use a count of at least 1, e.g. "
+            f"{REDIS_DBS_ENV}=4 with {URL_ENV['redis']}=redis://host:6379/5 lets the tests use dbs 5-8"
+        )
+    return int(text)
+
+
 def select_provider(
     kind: Kind,
     mode: Mode = "auto",
@@ -91,11 +108,15 @@ def select_provider(
     """Pick the provider for `kind`: url (env var set) -> docker (engine answers) -> local.
 
     An explicit mode forces that provider. `docker_available` and `find_binaries` are only
-    called when their answer matters, because asking Docker can take a moment.
+    called when their answer matters, because asking Docker can take a moment. A malformed
+    STACK_TEST_REDIS_DBS raises ConfigError rather than being ignored: guessing wrong could
+    flush a database the user did not give.
     """
     env_name = URL_ENV[kind]
     url = (env.get(env_name) or "").strip()
     if mode in ("auto", "url") and url:
+        if kind == "redis":
+            return ProviderChoice(kind, "url", url=url, redis_dbs=parse_redis_dbs(env.get(REDIS_DBS_ENV)))
         return ProviderChoice(kind, "url", url=url)
     if mode == "url":
         return Unavailable(
@@ -161,7 +182,7 @@ def build_service(choice: ProviderChoice) -> Service:
         from stack.testing.services import redis as r
 
         if choice.provider == "url":
-            return r.UrlRedis(cast(str, choice.url))
+            return r.UrlRedis(cast(str, choice.url), databases=choice.redis_dbs)
         if choice.provider == "docker":
             return r.DockerRedis()
         return r.LocalRedis(cast(Path, choice.binary))
