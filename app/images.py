@@ -7,7 +7,6 @@ Everything is computed with Pillow alone (no numpy), fast enough to run in unit 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import math
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageMath, ImageOps, ImageStat
 
-from app.params import AnalyzeParams, ImageParams
+from app.params import AnalyzeParams, ImageParams, max_image_pixels, open_bounded
 from stack.jobs.registry import JobContext
 
 # A band renderer turns rows [top, bottom) of the final picture into a greyscale ("L") strip.
@@ -194,7 +193,7 @@ def _save_png_atomically(image: Image.Image, path: Path) -> int:
 
 
 def generate_image(params: ImageParams, job: JobContext) -> dict[str, Any]:
-    """Render a fractal or gradient PNG band by band into `<storage>/images/<job id>.png`.
+    """Render a fractal or gradient PNG band by band into the job's outputs, as `image.png`.
 
     This is where an external provider plugs in (the seed projects call an HTTP image API):
     same params, same progress calls, same result shape; only the pixels come from elsewhere.
@@ -209,12 +208,12 @@ def generate_image(params: ImageParams, job: JobContext) -> dict[str, Any]:
         # 95 at most: the last 5% is the write, which can be slow on network storage.
         job.progress(95 * number / len(bands), f"rendering tile {number}/{len(bands)}")
 
-    relative = f"images/{job.id}.png"
-    size = _save_png_atomically(canvas, job.storage_dir / relative)
-    job.progress(100, f"saved {relative}")
+    name = "image.png"
+    size = _save_png_atomically(canvas, job.output_dir / name)
+    job.progress(100, f"saved {name}")
     return {
-        "path": relative,
-        "url": f"/files/{relative}",
+        "path": name,
+        "url": f"/api/jobs/{job.id}/files/{name}",
         "width": params.width,
         "height": params.height,
         "bytes": size,
@@ -281,7 +280,9 @@ def _dominant_colours(image: Image.Image, top: int) -> list[dict[str, Any]]:
 def analyze_image(params: AnalyzeParams, job: JobContext) -> dict[str, Any]:
     """Size, mode, per-band means and histograms, dominant colours and brightness of an image."""
     job.progress(10, "decoding image")
-    with Image.open(io.BytesIO(params.image_bytes())) as opened:
+    # Bounded again here, before load() decodes a pixel, not only at submit: handlers are also
+    # called directly, and a job queued before STACK_MAX_IMAGE_PIXELS was lowered runs under the new one.
+    with open_bounded(params.image_bytes(), max_pixels=max_image_pixels()) as opened:
         opened.load()
         image_format = opened.format
         original_mode = opened.mode

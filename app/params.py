@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from stack.config import get_settings
 
 # Roughly 15 MB of image once decoded: large enough for photos, small enough that a job row and a
 # broker message carrying it stay reasonable.
@@ -26,7 +30,9 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: the API takes exactly the types its schema documents (no `false` for a number,
+    # no "5" for an integer), and unknown fields are a mistake worth a 422.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ImageParams(_Params):
@@ -52,12 +58,57 @@ def _decode_base64(value: str) -> bytes:
         raise ValueError("image_data is not valid base64") from None
 
 
+class ImageTooLarge(ValueError):
+    """The image would decode to more pixels than STACK_MAX_IMAGE_PIXELS allows."""
+
+    def __init__(self, pixels: str, limit: int) -> None:
+        super().__init__(
+            f"image_data would decode to {pixels} pixels, more than the limit of {limit:,} "
+            "(STACK_MAX_IMAGE_PIXELS): send a smaller image, or raise the setting"
+        )
+
+
+def max_image_pixels() -> int:
+    """STACK_MAX_IMAGE_PIXELS, read when an image is checked rather than when this module loads.
+
+    Params models get no Settings: FastAPI validates a body against the kind's model, the worker
+    calls `JobKind.validate(raw)`, neither with a context. Both processes run on `get_settings()`
+    (cached: this is a lookup), so that is the limit they were started with; reading it lazily
+    keeps importing app.params free of environment reads, and a test can patch it.
+    """
+    limit = get_settings().max_image_pixels
+    # Pillow's own guard follows the setting, process-wide: it also bounds what `.size` does not
+    # show (a GIF's later frames, a TIFF's tiles), and left at its default (89 M pixels, error at
+    # twice that) it would refuse images the setting allows. Between the limit and twice it,
+    # Pillow only warns (DecompressionBombWarning) and our own check below refuses.
+    Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+@contextlib.contextmanager
+def open_bounded(data: bytes, *, max_pixels: int) -> Iterator[Image.Image]:
+    """The image, opened from its header only, refused (ImageTooLarge) if it would decode to more
+    than `max_pixels` pixels: a 50 KB PNG may claim 13000x13000, 1.5 GB once decoded.
+
+    Pillow reads pixels only on `load()`, so checking `.size` first costs nothing.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"{width}x{height} = {width * height:,}", max_pixels)
+            yield image
+    except Image.DecompressionBombError as exc:  # Pillow's guard, at twice the limit or in a frame
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageTooLarge(f"{int(claimed[1]):,}" if claimed else "too many", max_pixels) from None
+
+
 def _check_image(data: bytes) -> None:
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image_data is too large to analyse safely ({exc})") from None
+        with open_bounded(data, max_pixels=max_image_pixels()) as img:
+            img.verify()  # checks the file's structure (PNG chunks and CRCs) without decoding pixels
+    except ImageTooLarge:
+        raise
     except Exception:
         # Open and verify() report corrupt input through many exception types depending on the
         # codec (UnidentifiedImageError, OSError, SyntaxError, struct.error, ...).

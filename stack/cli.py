@@ -109,6 +109,10 @@ def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
 
     registry = load_registry(settings.kinds)
     visibility_timeout(settings, registry)  # a setting that would run a job twice stops us here
+    if role is Role.API:
+        from stack.api.auth import resolve_auth
+
+        resolve_auth(settings)  # an API open to anyone in production stops here, naming the fix
     launch = roles.launch_for(role, settings, extra, all_queues=registry.queues())
     for warning in launch.warnings:
         log.warning(warning)
@@ -167,6 +171,25 @@ def _resolve_role(name: str | None, settings: Settings) -> Role:
     )
 
 
+def _config_value(name: str, value: object) -> object:
+    """A setting as `stack config` prints it: the output gets pasted into tickets and chats, so
+    secrets are masked and URLs redacted (stack/config.py `_shown` hides the same in errors)."""
+    if value is None or value == "" or value == []:
+        return value
+    if name == "secret_key":
+        return "***"
+    if name == "flower_basic_auth":
+        user, colon, _password = str(value).partition(":")
+        return f"{user}:***" if colon else "***"  # no colon: the whole value may be the password
+    if name == "api_tokens" and isinstance(value, list):
+        return f"*** ({len(value)} token{'' if len(value) == 1 else 's'})"
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    if isinstance(value, list):
+        return [redact_url(v) if isinstance(v, str) and "://" in v else v for v in value]
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -185,8 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(settings)
         if args.command == "config":
             for name, value in settings.model_dump(mode="json").items():
-                text = redact_url(value) if isinstance(value, str) and "://" in value else value
-                print(f"{name} = {'***' if name == 'secret_key' and value else text}")
+                print(f"{name} = {_config_value(name, value)}")
             return 0
         role = _resolve_role(args.role, settings)
         if args.reload:

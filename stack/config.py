@@ -142,13 +142,36 @@ class Settings(BaseSettings):
         0.25, ge=0, description="minimum seconds between two progress writes of one job"
     )
     broker_timeout: float = Field(2.0, gt=0, description="seconds to wait for the broker")
+    # --- who may call the API, and how much of it --------------------------------------------------
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens, comma-separated; `token:read+submit` limits one to those scopes "
+        "(read, submit, cancel; all by default)",
+    )
+    auth: str | None = Field(
+        None,
+        description="`none` (anyone may call the API), or module:attr of your own FastAPI dependency "
+        "returning a stack.api.auth.Principal; default: bearer tokens (STACK_API_TOKENS)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the API from a browser; none by default"
+    )
+    sse_max_streams: int = Field(
+        1000, ge=1, description="event streams one API process serves at once; more get 503 + Retry-After"
+    )
+    sse_max_seconds: float = Field(
+        300.0, gt=0, description="an event stream ends after this long; EventSource reconnects and resumes"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="decoded pixels an image param may have (a decompression bomb is a 422)"
+    )
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = Field(None, description="user:password, required in production")
     log_level: str = Field("info")
 
-    @field_validator("worker_queues", mode="before")
+    @field_validator("worker_queues", "api_tokens", "cors_origins", mode="before")
     @classmethod
-    def _split_queues(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [q.strip() for q in value.split(",") if q.strip()]
         return value
@@ -304,11 +327,19 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _shown(field: str, value: Any) -> str:
-    """An offending value as it may appear in an error message: no password, no secret."""
-    if field == "secret_key":
+    """An offending value as it may appear in an error message: no password, no secret.
+
+    `stack config` hides the same settings (stack/cli.py); a new secret setting goes in both.
+    """
+    if field in ("secret_key", "api_tokens"):
         return "***"
+    if field == "flower_basic_auth":
+        # The user name helps find the typo; without a colon the whole value may be the password.
+        return repr(f"{value.split(':', 1)[0]}:***") if isinstance(value, str) and ":" in value else "***"
     if isinstance(value, str) and "://" in value:
         return repr(redact_url(value))
+    if isinstance(value, list):
+        return repr([redact_url(v) if isinstance(v, str) and "://" in v else v for v in value])
     return repr(value)
 
 

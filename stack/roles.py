@@ -60,6 +60,10 @@ def api(settings: Settings, extra: Sequence[str] = ()) -> Launch:
         str(settings.web_concurrency),
         "--log-level",
         settings.log_level.lower(),
+        # Open event streams would hold a shutdown up to STACK_SSE_MAX_SECONDS; clients
+        # reconnect and resume (Last-Event-ID), so a deploy need not wait for them.
+        "--timeout-graceful-shutdown",
+        "10",
         *extra,
     ]
     return Launch(argv=argv, migrate_first=settings.migrate_on_start)

@@ -8,18 +8,21 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 
 from stack.api import health
+from stack.api.auth import current_principal, resolve_auth
 from stack.api.limits import BodySizeLimit
 from stack.config import Settings, get_settings, redact_url
 from stack.jobs import router as jobs_router
 from stack.jobs.celery_app import create_celery
+from stack.jobs.fanout import EventHub
 from stack.jobs.hints import HintCache, probe_view
 from stack.jobs.registry import JobRegistry
 from stack.jobs.service import JobService
@@ -33,14 +36,16 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     runtime = build_runtime(settings, registry)
     celery = create_celery(settings, runtime.registry) if settings.celery_enabled else None
     hints = _hint_cache(settings, celery, runtime.registry)
-    # For event streams; inline mode has no Redis and its jobs are finished when answered.
-    events_redis = (
-        aioredis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=settings.broker_timeout)
-        if celery is not None
-        else None
+    # Event streams share one Redis subscription per process (connected by the first stream);
+    # inline mode has no Redis and its jobs are finished when answered, so streams read the row.
+    events = EventHub(
+        settings.effective_redis_url if celery is not None else None,
+        max_streams=settings.sse_max_streams,
+        connect_timeout=settings.broker_timeout,
     )
 
     service = JobService(runtime, celery)
+    authenticator = resolve_auth(settings)  # refuses an unauthenticated API in production
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -53,24 +58,40 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
             if hints is not None:
                 await asyncio.to_thread(hints.stop)
             await asyncio.to_thread(service.close)
-            if events_redis is not None:
-                await events_redis.aclose()
+            await events.close()
 
-    app = FastAPI(
+    # The docs pages' scripts and styles are served by the app itself: /docs and /redoc work
+    # on a machine (or behind a firewall) that cannot reach a CDN.
+    app = FastAPIOffline(
         title="stack",
         summary="Background jobs with live progress: FastAPI + Celery + Redis + PostgreSQL",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.dependency_overrides[current_principal] = authenticator
     app.state.jobs = service
     app.state.hints = hints
-    app.state.redis = events_redis
+    app.state.events = events
     app.include_router(health.router)
+    app.include_router(jobs_router.kind_routes(list(runtime.registry)))  # before `/{kind}`
     app.include_router(jobs_router.router)
-    storage = settings.effective_storage_dir
-    storage.mkdir(parents=True, exist_ok=True)
-    app.mount("/files", StaticFiles(directory=storage), name="files")
+    settings.effective_storage_dir.mkdir(parents=True, exist_ok=True)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off by default: no web page elsewhere may call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After"],
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, minus `input` (it may be megabytes of base64, or a secret) and `ctx`
+        # (it may hold exception objects that are not JSON).
+        errors = [{"type": e["type"], "loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, object]:
@@ -83,11 +104,21 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
 
     @app.exception_handler(OperationalError)
     async def database_down(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error: %s", exc)
-        return JSONResponse(
-            {"detail": "the database is unreachable; see /ready", "error": str(exc.orig)[:300]},
-            status_code=503,
-        )
+        # Driver errors name hosts, users and databases: they go to the server's log, never to a
+        # caller. An outage fails every request at once, so one line per 30 s burst (the first
+        # carries the cause) says how many it stands for, rather than burying it under copies.
+        now = asyncio.get_running_loop().time()
+        state = app.state
+        last = getattr(state, "database_down_logged_at", None)
+        if last is None or now - last >= 30.0:
+            skipped = getattr(state, "database_down_unlogged", 0)
+            log.error(
+                "database error, answering 503 (%d more since the last line): %s", skipped, exc.orig or exc
+            )
+            state.database_down_logged_at, state.database_down_unlogged = now, 0
+        else:
+            state.database_down_unlogged = getattr(state, "database_down_unlogged", 0) + 1
+        return JSONResponse({"detail": "the database is unreachable; see /ready"}, status_code=503)
 
     log.info(
         "api ready: mode=%s database=%s broker=%s kinds=%s",

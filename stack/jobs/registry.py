@@ -43,15 +43,27 @@ class ProgressFn(Protocol):
     def __call__(self, percent: float, message: str = "") -> None: ...
 
 
+def outputs_dir(storage_dir: Path, job_id: str) -> Path:
+    """Where one job's output files go; the API serves them to callers who may read the job."""
+    return storage_dir / "jobs" / job_id
+
+
 @dataclass(frozen=True)
 class JobContext:
-    """What a handler gets besides its params."""
+    """What a handler gets besides its params.
+
+    `output_dir` is the job's own folder, served at `/api/jobs/<id>/files/<name>` to callers who
+    may read the job; `storage_dir` is the app's, never served (an audit log, caches)."""
 
     id: str
     kind: str
     attempt: int
     storage_dir: Path
     progress: ProgressFn
+
+    @property
+    def output_dir(self) -> Path:
+        return outputs_dir(self.storage_dir, self.id)
 
 
 Handler = Callable[[Any, JobContext], Any]

@@ -88,6 +88,9 @@ def stack_processes(stack_start: StartStack) -> ProcfileStack:
 
 @pytest.fixture(scope="module")
 def stack_api(stack_processes: ProcfileStack) -> Iterator[JobClient]:
-    client = JobClient(stack_processes.api_url, diagnostics=stack_processes.logs)
+    # The stack's first token, if it has any: the tests act as a client with every scope would.
+    tokens = stack_processes.env.get("STACK_API_TOKENS", "").split(",")
+    token = tokens[0].split(":", 1)[0].strip() or None
+    client = JobClient(stack_processes.api_url, diagnostics=stack_processes.logs, token=token)
     yield client
     client.close()

@@ -48,10 +48,14 @@ class JobTimeout(AssertionError):
 
 
 class JobClient:
-    """A small HTTP client of the jobs API; `diagnostics` adds process logs to failures."""
+    """A small HTTP client of the jobs API; `diagnostics` adds process logs to failures;
+    `token` is sent as a bearer token (an API with STACK_API_TOKENS)."""
 
-    def __init__(self, base_url: str, *, diagnostics: Callable[[], str] = lambda: "") -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10.0)
+    def __init__(
+        self, base_url: str, *, diagnostics: Callable[[], str] = lambda: "", token: str | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, timeout=10.0, headers=headers)
         self.diagnostics = diagnostics
 
     def close(self) -> None:

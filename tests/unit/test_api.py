@@ -69,8 +69,26 @@ def test_status_of_a_submitted_job(api: TestClient) -> None:
     assert (body["queue"], body["attempts"], body["worker"]) == ("logs", 0, None)
 
 
-def test_empty_body_uses_the_defaults(api: TestClient) -> None:
-    assert api.post("/api/jobs/demo").status_code == 202
+def test_an_empty_object_means_the_defaults_and_no_body_is_a_422(api: TestClient) -> None:
+    assert api.post("/api/jobs/demo", json={}).status_code == 202
+    missing = api.post("/api/jobs/demo", headers={"content-type": "application/json"})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"headers": {}},  # a fetch() with no body
+        {"data": {"seconds": "1"}},  # an HTML form
+        {"content": b"", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        {"content": b"{}", "headers": {"content-type": "text/plain"}},  # no CORS preflight either
+    ],
+)
+def test_only_json_bodies_are_accepted(api: TestClient, content: dict[str, object]) -> None:
+    response = api.post("/api/jobs/demo", **content)  # type: ignore[arg-type]
+    assert response.status_code == 415, response.text
+    assert "Content-Type: application/json" in response.json()["detail"]
+    assert api.get("/api/jobs").json()["count"] == 0  # nothing was created
 
 
 @pytest.mark.parametrize("task_id", ["does-not-exist", "00000000-0000-0000-0000-000000000000", "x" * 300])
@@ -81,9 +99,9 @@ def test_unknown_id_is_404_not_pending(api: TestClient, task_id: str) -> None:
     assert api.post(f"/api/jobs/{task_id}/cancel").status_code == 404
 
 
-def test_unknown_kind_is_404_listing_known_kinds(api: TestClient) -> None:
+def test_posting_to_an_unknown_kind_is_405_listing_known_kinds(api: TestClient) -> None:
     response = api.post("/api/jobs/make_coffee", json={})
-    assert response.status_code == 404
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
     detail = response.json()["detail"]
     assert "make_coffee" in detail["message"]
     assert detail["known_kinds"] == [
@@ -226,7 +244,11 @@ def test_generated_image_is_downloadable(inline: TestClient) -> None:
     download = inline.get(body["result"]["url"])
     assert download.status_code == 200 and download.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(download.content)).size == (64, 48)
-    assert inline.get("/files/images/nope.png").status_code == 404
+    task_id = body["task_id"]
+    assert inline.get(f"/api/jobs/{task_id}/files/nope.png").status_code == 404
+    assert inline.get(f"/api/jobs/{task_id}/files/../../audit.log").status_code == 404
+    assert inline.get(f"/api/jobs/{task_id}/files/%2e%2e/%2e%2e/audit.log").status_code == 404
+    assert inline.get("/files/audit.log").status_code == 404  # outputs only through their job
 
 
 def test_database_down_is_503_not_500(tmp_path: Path) -> None:

@@ -87,10 +87,10 @@ def test_generate_image_writes_a_real_png(
 
     result = generate_image(params, job)
 
-    path = tmp_path / "images" / "job-1.png"
+    path = tmp_path / "jobs" / "job-1" / "image.png"
     assert result == {
-        "path": "images/job-1.png",
-        "url": "/files/images/job-1.png",
+        "path": "image.png",
+        "url": "/api/jobs/job-1/files/image.png",
         "width": 96,
         "height": 64,
         "bytes": path.stat().st_size,
@@ -117,7 +117,7 @@ def test_generate_image_is_deterministic_per_prompt(make_job: Callable[..., JobC
     def render(prompt: str, job_id: str) -> bytes:
         job = make_job(job_id=job_id)
         generate_image(ImageParams(prompt=prompt, width=32, height=32, tiles=2), job)
-        return (job.storage_dir / "images" / f"{job_id}.png").read_bytes()
+        return (job.output_dir / "image.png").read_bytes()
 
     assert render("sea", "a") == render("sea", "b")
     assert render("sea", "a") != render("forest", "c")
