@@ -54,7 +54,6 @@ def test_worker_sigkilled_mid_job_then_restarted_finishes_the_job(
     assert final["progress"] == 100
     took = time.monotonic() - killed_at
     assert DEAD_AFTER - 1 <= took < VISIBILITY_TIMEOUT / 4, f"came back {took:.1f} s after the kill"
-    assert "attempt 1 lost" in " ".join(o.message for o in trajectory.observations)
 
 
 def test_nothing_else_was_lost_or_duplicated(stack_api: JobClient) -> None:
