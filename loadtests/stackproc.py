@@ -264,7 +264,7 @@ def _wait_for_children(proc: StackProcess, count: int, *, timeout: float) -> Non
             children = psutil.Process(pid).children()
         except psutil.Error:
             return 0
-        # uvicorn spawns its workers through multiprocessing; skip helpers like the resource tracker.
+        # Count the serving processes only, not helpers like multiprocessing's resource tracker.
         return sum(1 for c in children if _is_spawned_worker(c))
 
     wait_until(
@@ -280,9 +280,11 @@ def _wait_for_children(proc: StackProcess, count: int, *, timeout: float) -> Non
 
 def _is_spawned_worker(child: object) -> bool:
     try:
-        return "spawn_main" in " ".join(child.cmdline())  # type: ignore[attr-defined]
+        command = child.cmdline()  # type: ignore[attr-defined]
     except Exception:  # the child exited or is not ours to read: not a worker we can count
         return False
+    # uvicorn --workers spawns through multiprocessing; stack.api.workers runs `uvicorn --fd`.
+    return "spawn_main" in " ".join(command) or ("uvicorn" in command and "--fd" in command)
 
 
 def worker_nodes(broker_url: str, prefix: str = "", *, timeout: float = 1.0) -> list[str]:

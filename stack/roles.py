@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from stack.api import workers as api_workers
 from stack.config import ALL_QUEUES, Role, Settings
 from stack.errors import ConfigError
 
@@ -47,17 +48,10 @@ def worker_queues(settings: Settings, all_queues: Sequence[str]) -> list[str]:
     return queues
 
 
-def api(settings: Settings, extra: Sequence[str] = ()) -> Launch:
-    argv = [
-        *_python_module("uvicorn"),
+def api(settings: Settings, extra: Sequence[str] = (), *, reuseport: bool | None = None) -> Launch:
+    served = [
         "--factory",
         API_FACTORY,
-        "--host",
-        settings.host,
-        "--port",
-        str(settings.port),
-        "--workers",
-        str(settings.web_concurrency),
         "--log-level",
         settings.log_level.lower(),
         # Open event streams would hold a shutdown up to STACK_SSE_MAX_SECONDS; clients
@@ -66,6 +60,14 @@ def api(settings: Settings, extra: Sequence[str] = ()) -> Launch:
         "10",
         *extra,
     ]
+    address = ["--host", settings.host, "--port", str(settings.port)]
+    balanced = api_workers.supported() if reuseport is None else reuseport
+    if settings.web_concurrency > 1 and balanced:
+        # One listening socket per uvicorn process: connections spread evenly (stack/api/workers.py).
+        workers = ["--workers", str(settings.web_concurrency)]
+        argv = [*_python_module("stack.api.workers"), *address, *workers, "--", *served]
+    else:
+        argv = [*_python_module("uvicorn"), *address, "--workers", str(settings.web_concurrency), *served]
     return Launch(argv=argv, migrate_first=settings.migrate_on_start)
 
 

@@ -16,13 +16,25 @@ QUEUES = ["content", "default", "logs"]
 
 
 def test_api_runs_uvicorn_factory_on_host_port_with_workers(tmp_path: Path) -> None:
-    launch = roles.api(make_settings(tmp_path, host="0.0.0.0", port=9000, web_concurrency=4))
+    settings = make_settings(tmp_path, host="0.0.0.0", port=9000, web_concurrency=4)
+    launch = roles.api(settings, reuseport=False)  # e.g. macOS or Windows
     assert launch.argv[:3] == [sys.executable, "-m", "uvicorn"]
     assert "--factory" in launch.argv and roles.API_FACTORY in launch.argv
     assert launch.argv[launch.argv.index("--host") + 1] == "0.0.0.0"
     assert launch.argv[launch.argv.index("--port") + 1] == "9000"
     assert launch.argv[launch.argv.index("--workers") + 1] == "4"
     assert launch.migrate_first is True
+
+
+def test_api_workers_get_a_listening_socket_each_where_the_kernel_balances_them(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, host="0.0.0.0", port=9000, web_concurrency=4)
+    launch = roles.api(settings, ["--http", "h11"], reuseport=True)
+    assert launch.argv[:3] == [sys.executable, "-m", "stack.api.workers"]
+    supervisor, uvicorn = launch.argv[3 : launch.argv.index("--")], launch.argv[launch.argv.index("--") + 1 :]
+    assert supervisor == ["--host", "0.0.0.0", "--port", "9000", "--workers", "4"]
+    assert uvicorn[:2] == ["--factory", roles.API_FACTORY] and uvicorn[-2:] == ["--http", "h11"]
+    single = roles.api(make_settings(tmp_path, web_concurrency=1), reuseport=True)
+    assert single.argv[:3] == [sys.executable, "-m", "uvicorn"]  # one process: nothing to balance
 
 
 def test_api_can_skip_migrations(tmp_path: Path) -> None:
