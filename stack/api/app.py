@@ -12,11 +12,14 @@ from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 
 from stack.api import health
+from stack.api import metrics as metrics_api
+from stack.api import queues as queues_api
+from stack.api import ui as ui_page
 from stack.api.auth import current_principal, resolve_auth
 from stack.api.limits import BodySizeLimit
 from stack.config import Settings, get_settings, redact_url
@@ -75,6 +78,9 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     app.include_router(health.router)
     app.include_router(jobs_router.kind_routes(list(runtime.registry)))  # before `/{kind}`
     app.include_router(jobs_router.router)
+    app.include_router(queues_api.router)
+    app.include_router(metrics_api.router)
+    app.include_router(ui_page.router)  # /ui: the live jobs page (static files, no CDN)
     settings.effective_storage_dir.mkdir(parents=True, exist_ok=True)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # off by default: no web page elsewhere may call the API
@@ -93,8 +99,11 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         errors = [{"type": e["type"], "loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.get("/", include_in_schema=False)
-    def index() -> dict[str, object]:
+    @app.get("/", include_in_schema=False, response_model=None)
+    def index(request: Request) -> dict[str, object] | RedirectResponse:
+        # A person's browser gets the jobs page; JSON clients (curl, httpx: */*) keep this index.
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=307)
         return {
             "name": "stack",
             "mode": "celery" if celery else "inline",

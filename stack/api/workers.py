@@ -43,6 +43,10 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted sockets inherit this; uvicorn sets it itself only on sockets it created (with
+    # `--fd` it takes ours for a Unix socket), and without it a kept-alive connection waits
+    # ~40 ms on Nagle's algorithm for every response larger than one packet.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(BACKLOG)
     return sock

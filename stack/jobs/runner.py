@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from stack.errors import UnknownKindError
 from stack.jobs.events import EventPublisher
 from stack.jobs.liveness import Owner, attempts_allowed, give_up_error, lost_reason
+from stack.jobs.metrics import MetricsRecorder, NullRecorder
 from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.progress import ProgressReporter
 from stack.jobs.registry import JobCancelled, JobContext, JobKind, JobRegistry, TransientError
@@ -81,6 +82,8 @@ class JobRunner:
     retry_policy: RetryPolicy
     progress_interval: float
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    # Histograms and counters shared by every process (Redis); one round trip per outcome.
+    metrics: MetricsRecorder = field(default_factory=NullRecorder)
 
     def run(self, job_id: str, *, owner: Owner, abandoned: Abandoned | None = None) -> Outcome:
         with self.store.pinned() as store:
@@ -103,10 +106,12 @@ class JobRunner:
             return None
         if released.status is JobStatus.FAILURE:
             log.warning("job %s (%s) failed: %s", job.id, job.kind, released.error)
+            self.metrics.finished(job, JobStatus.FAILURE, lost=True)
         else:
             log.warning(
                 "job %s (%s) attempt %d lost: %s; queued again", job.id, job.kind, job.attempts, reason
             )
+            self.metrics.lost(job)
         self.publish_state(released)
         return released
 
@@ -215,6 +220,7 @@ class JobRunner:
         self.publisher.publish(
             job.id, {"status": JobStatus.SUCCESS.value, "progress": 100, "message": "done"}
         )
+        self.metrics.finished(job, JobStatus.SUCCESS)
         return Outcome(status=JobStatus.SUCCESS)
 
     def _stopped(self, job: Job) -> Outcome:
@@ -245,6 +251,7 @@ class JobRunner:
             "job %s attempt %d failed transiently (%s); retry in %g s", job.id, job.attempts, error, countdown
         )
         self.publish_state(updated)
+        self.metrics.retried(job)
         return Outcome(status=JobStatus.RETRY, job=updated, countdown=countdown)
 
     def _fail(self, job: Job, error: str) -> Outcome:
@@ -253,6 +260,7 @@ class JobRunner:
             return self._stopped(job)
         log.warning("job %s (%s) failed: %s", job.id, job.kind, error)
         self.publish_state(failed)
+        self.metrics.finished(job, JobStatus.FAILURE)
         return Outcome(status=JobStatus.FAILURE, job=failed)
 
     def publish_state(self, job: Job) -> None:

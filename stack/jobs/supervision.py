@@ -27,7 +27,7 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from stack.jobs.liveness import Owner, new_worker_id
-from stack.jobs.models import RUNNING_STATUSES, utcnow
+from stack.jobs.models import RUNNING_STATUSES, JobStatus, utcnow
 from stack.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class Supervisor:
             if failed is not None:
                 log.warning("job %s (%s) failed: %s", job.id, job.kind, failed.error)
                 runner.publish_state(failed)
+                runner.metrics.finished(job, JobStatus.FAILURE)
             return
         runner.release_lost(job, f"its process (pid {pid}) died: {exc}", resend=False)
 
