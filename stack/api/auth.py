@@ -24,7 +24,7 @@ from __future__ import annotations
 import hmac
 import importlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any
@@ -75,11 +75,12 @@ def _as_principal(value: Any) -> Principal:
     return Principal(name=str(getattr(value, "username", None) or getattr(value, "name", None) or value))
 
 
-def require(scope: Scope) -> Callable[..., Principal]:
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets through callers with `scope` (401 without credentials, 403 without
     the scope) and returns who they are."""
 
-    def check(caller: Annotated[Any, Depends(current_principal)]) -> Principal:
+    # async: a sync dependency would cost a thread-pool hop (~0.2 ms) on every request.
+    async def check(caller: Annotated[Any, Depends(current_principal)]) -> Principal:
         principal = _as_principal(caller)
         if not principal.may(scope):
             raise HTTPException(
@@ -129,7 +130,7 @@ class TokenAuth:
     def __init__(self, tokens: Sequence[Token]) -> None:
         self.tokens = list(tokens)
 
-    def __call__(self, request: Request) -> Principal:
+    async def __call__(self, request: Request) -> Principal:
         principal = self.identify(request)
         if principal is None:
             given = "no bearer token" if not _bearer(request) else "an unknown bearer token"
@@ -155,7 +156,7 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 # --- choosing one --------------------------------------------------------------------------------------
-def open_access() -> Principal:
+async def open_access() -> Principal:
     return ANONYMOUS
 
 

@@ -46,7 +46,7 @@ SUBMIT = Depends(require(Scope.SUBMIT))
 CANCEL = Depends(require(Scope.CANCEL))
 
 
-def json_only(request: Request) -> None:
+async def json_only(request: Request) -> None:
     """Bodies are JSON, declared as such: a form post from any web page (which needs no CORS
     preflight) is refused before it can create a job."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
