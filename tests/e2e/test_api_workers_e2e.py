@@ -5,7 +5,6 @@ port keeps answering; SIGTERM stops them all."""
 from __future__ import annotations
 
 import socket
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from stack.api.workers import supported
 from stack.testing.procfile import ProcfileStack
+from stack.testing.services.base import wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -43,18 +43,10 @@ def uvicorn_children(stack: ProcfileStack) -> list[psutil.Process]:
 
 def two_workers(stack: ProcfileStack) -> list[psutil.Process]:
     return wait_for(
-        lambda: (found := uvicorn_children(stack)) and len(found) == 2 and found, "two uvicorn workers"
+        lambda: (found := uvicorn_children(stack)) and len(found) == 2 and found,
+        what="two uvicorn workers",
+        timeout=30,
     )
-
-
-def wait_for(predicate, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture
@@ -87,7 +79,8 @@ def test_a_dead_worker_is_replaced_and_the_port_keeps_answering(stack_processes:
     assert answers == [200] * 20  # the survivor and the replacement's socket (queued) carry on
     replaced = wait_for(
         lambda: {c.pid for c in uvicorn_children(stack_processes)} - {first.pid, second.pid},
-        "a new uvicorn worker",
+        what="a new uvicorn worker",
+        timeout=30,
     )
     assert len(replaced) == 1 and second.is_running()
 

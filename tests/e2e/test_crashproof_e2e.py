@@ -16,6 +16,7 @@ from stack.db import make_engine
 from stack.jobs.store import JobStore
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
+from stack.testing.services.base import wait_for
 from tests.e2e.conftest import E2E_ENV
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +36,6 @@ HARD_LIMIT = 3  # the `stubborn` kind's own time_limit
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
     return {**E2E_ENV, **LIVENESS_ENV}
-
-
-def wait_until(predicate, what: str, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_a_job_that_kills_its_process_fails_after_its_attempts(
@@ -108,8 +99,8 @@ def test_the_sweep_runs_while_every_worker_slot_is_busy(
     store = JobStore(make_engine(normalise_database_url(stack_database_url)))
     try:
         lost = store.create(kind="demo", queue="default", params={"seconds": 0, "steps": 1})
-        sent = wait_until(
-            lambda: (store.get(lost.id) or lost).dispatched_at, "the sweep to send the job", timeout=10
+        sent = wait_for(
+            lambda: (store.get(lost.id) or lost).dispatched_at, what="the sweep to send the job", timeout=10
         )
         assert sent is not None
         still_busy = [stack_api.get(job["task_id"])["status"] for job in busy]
@@ -144,9 +135,9 @@ def test_a_plain_celery_message_is_refused_in_one_line_and_not_recorded_as_succe
     assert called.returncode == 0, called.stderr
     task_id = called.stdout.strip().splitlines()[-1]
     log = stack_processes["worker"].log_path
-    wait_until(
+    wait_for(
         lambda: f"jobs.demo[{task_id}]" in log.read_text() and "not sent by stack" in log.read_text(),
-        "the worker to refuse the message",
+        what="the worker to refuse the message",
         timeout=15,
     )
     text = log.read_text()

@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from types import TracebackType
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Literal, Self, TypeVar
 
 from stack.errors import StackError
 from stack.urls import redact_url
@@ -30,15 +30,18 @@ class ServiceError(StackError):
     """A test service could not be started, reached or stopped."""
 
 
-def wait_for(
-    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = POLL_INTERVAL
-) -> None:
-    """Poll `predicate` until it is true; raise ServiceError naming `what` after `timeout` s."""
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = POLL_INTERVAL) -> T:
+    """Poll `predicate` until it returns something true, and return that; raise ServiceError
+    naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() >= deadline:
             raise ServiceError(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+    return value
 
 
 class Service(ABC):
