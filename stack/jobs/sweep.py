@@ -64,7 +64,8 @@ class Sweeper:
             report = sweep(self.runtime, self.celery, judge_liveness=self._database_ok)
         except OperationalError as exc:
             if self._database_ok:
-                log.warning("sweep: database unreachable, trying again every sweep: %s", exc.orig)
+                # Down, or not migrated yet (beat may start before the api has migrated).
+                log.warning("sweep: the database cannot be used (%s); trying again every sweep", exc.orig)
             self._database_ok = False
             return None
         except Exception:
