@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 # Fast enough for a suite, slow enough to watch: retries after 0.2 s, progress every 0.05 s.
@@ -20,3 +22,10 @@ worker1: STACK_WORKER_NAME=one@%h stack run worker
 worker2: STACK_WORKER_NAME=two@%h stack run worker
 beat: stack run beat
 """
+
+
+def write_procfile(factory: pytest.TempPathFactory, text: str) -> Path:
+    """A Procfile holding `text` in a folder of its own: what a module's `stack_procfile` returns."""
+    path = factory.mktemp("procfile") / "Procfile"
+    path.write_text(text)
+    return path

@@ -16,6 +16,7 @@ import pytest
 from stack.api.workers import supported
 from stack.testing.procfile import ProcfileStack
 from stack.testing.services.base import wait_for
+from tests.e2e.conftest import write_procfile
 
 pytestmark = [
     pytest.mark.e2e,
@@ -25,9 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text("web: stack run api\n")
-    return path
+    return write_procfile(tmp_path_factory, "web: stack run api\n")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
 from stack.testing.services.binaries import find_redis_server
 from stack.testing.services.redis import LocalRedis
-from tests.e2e.conftest import E2E_ENV, TWO_WORKERS_PROCFILE
+from tests.e2e.conftest import E2E_ENV, TWO_WORKERS_PROCFILE, write_procfile
 from tests.e2e.test_crashproof_e2e import LIVENESS_ENV
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +54,7 @@ def stack_redis_url(restartable_redis: LocalRedis) -> str:
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text(TWO_WORKERS_PROCFILE)
-    return path
+    return write_procfile(tmp_path_factory, TWO_WORKERS_PROCFILE)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from stack.testing.procfile import ProcfileStack
+from tests.e2e.conftest import write_procfile
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +23,8 @@ EXAMPLES = 12
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text("web: stack run api\n")  # the contract is the API's; no job needs to run
-    return path
+    # The contract is the API's: no job needs to run.
+    return write_procfile(tmp_path_factory, "web: stack run api\n")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from stack.config import normalise_database_url
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
-from tests.e2e.conftest import E2E_ENV
+from tests.e2e.conftest import E2E_ENV, write_procfile
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text(PROCFILE)
-    return path
+    return write_procfile(tmp_path_factory, PROCFILE)
 
 
 @pytest.fixture(scope="module")

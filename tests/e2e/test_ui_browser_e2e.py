@@ -34,7 +34,7 @@ from benchmarks.ui_latency import (
 )
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
-from tests.e2e.conftest import E2E_ENV
+from tests.e2e.conftest import E2E_ENV, write_procfile
 
 pytestmark = pytest.mark.e2e
 
@@ -48,9 +48,7 @@ CONTENT_WORKER = "worker_content: STACK_WORKER_QUEUES=content STACK_WORKER_NAME=
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text(PROCFILE)
-    return path
+    return write_procfile(tmp_path_factory, PROCFILE)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from stack.config import Settings
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
-from tests.e2e.conftest import E2E_ENV, TWO_WORKERS_PROCFILE
+from tests.e2e.conftest import E2E_ENV, TWO_WORKERS_PROCFILE, write_procfile
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +21,7 @@ DEFAULTS = Settings(_env_file=None)  # type: ignore[call-arg]
 
 @pytest.fixture(scope="module")
 def stack_procfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("procfile") / "Procfile"
-    path.write_text(TWO_WORKERS_PROCFILE)
-    return path
+    return write_procfile(tmp_path_factory, TWO_WORKERS_PROCFILE)
 
 
 @pytest.fixture(scope="module")
