@@ -15,7 +15,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from stack.testing.services.selection import (
     Mode,
     Unavailable,
     build_service,
-    docker_engine_available,
+    check_image,
     find_binaries,
     resolve_mode,
     select_provider,
@@ -60,6 +59,7 @@ class _BringUp:
 
 _bring_ups_key = pytest.StashKey[dict[str, _BringUp]]()
 _mode_key = pytest.StashKey[Mode]()
+_fallbacks_key = pytest.StashKey[list[str]]()
 
 
 # --- hooks ----------------------------------------------------------------------------------------
@@ -89,6 +89,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in terminalreporter.config.stash.get(_fallbacks_key, []):
+        terminalreporter.write_line(f"stack services: {line}")
     bring_ups = terminalreporter.config.stash.get(_bring_ups_key, {})
     if bring_ups:
         terminalreporter.write_line(_summary_line(bring_ups))
@@ -122,21 +124,21 @@ def stack_postgres_service(
     yield from cast("Iterator[PostgresService]", services)
 
 
-@functools.cache
-def _docker_available() -> bool:
-    # Asked at most once per session: with no engine it can take the whole timeout.
-    return docker_engine_available()
-
-
 def _serve(config: pytest.Config, kind: Kind, mode: Mode) -> Iterator[Service]:
     """Select, start, yield and always tear down one session service."""
     bring_ups = config.stash.setdefault(_bring_ups_key, {})
+    # check_image asks the engine once per image per process (it is cached): with no engine
+    # the ping costs its whole timeout.
     choice = select_provider(
-        kind, mode, env=os.environ, docker_available=_docker_available, find_binaries=find_binaries
+        kind, mode, env=os.environ, docker_check=check_image, find_binaries=find_binaries
     )
     if isinstance(choice, Unavailable):
         bring_ups[kind] = _BringUp("unavailable")
         _not_available(choice.reason)
+    if choice.fallback:
+        # The one line saying why Docker was passed over: logged now, printed in the summary.
+        logger.warning("%s", choice.fallback)
+        config.stash.setdefault(_fallbacks_key, []).append(choice.fallback)
     service = build_service(choice)
     started = time.monotonic()
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,8 +34,8 @@ def shell_exec(command: str) -> str:
     still shutting down, and "stopped" would not mean stopped. `env` keeps the `NAME=value`
     prefixes Procfiles use; lines with shell operators run as they are, as honcho runs them.
     """
-    if any(char in command for char in ";&|<>()`"):
-        return command
+    if any(char in command for char in ";&|<>()`") or re.search(r"(^|\s)exec\s", command):
+        return command  # (a line that says `exec` itself, as the dev Procfile's, needs nothing)
     return f"exec env {command}"
 
 
@@ -118,7 +119,7 @@ class ProcfileStack:
         self.broker_url = env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or ""
         # Settings of the developer's shell must not leak into the processes under test.
         # (Imported here: the plugin loads on every pytest run and must stay light.)
-        from stack.config import ecosystem_env_names
+        from stack.config import Settings, ecosystem_env_names, key_prefix, namespace_of
 
         scrubbed = set(ecosystem_env_names())
         environment = {
@@ -129,7 +130,13 @@ class ProcfileStack:
         environment.update(env)
         environment["PORT"] = str(self.port)
         environment.setdefault("PYTHONUNBUFFERED", "1")
+        environment.setdefault("STACK_PROCFILE", str(procfile.resolve()))  # what doctor's fixes quote
         self.env = environment
+        # The namespace the processes will derive: their workers answer pings under it only.
+        kinds = environment.get("STACK_KINDS") or str(Settings.model_fields["kinds"].default)
+        self.redis_prefix = key_prefix(
+            namespace_of(namespace=environment.get("STACK_NAMESPACE"), kinds=kinds)
+        )
         log_dir.mkdir(parents=True, exist_ok=True)
         lines = parse_procfile(procfile.read_text()).processes
         if not lines:
@@ -175,6 +182,8 @@ class ProcfileStack:
         from celery import Celery
 
         app = Celery("stack-e2e-probe", broker=self.broker_url, set_as_current=False)
+        if self.redis_prefix:
+            app.conf.broker_transport_options = {"global_keyprefix": self.redis_prefix}
         try:
             replies = app.control.ping(timeout=timeout) or []
         except Exception:  # broker down: nobody answers

@@ -14,13 +14,23 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import docker
 import psycopg
 import pytest
 import redis
 
-from stack.testing.services import Kind, ServiceError, find_binaries
-from stack.testing.services.postgres import PostgresService, database_name, new_database_name
-from stack.testing.services.redis import OWNER_KEY, LocalRedis, RedisService, UrlRedis, db_index, owner_mark
+from stack.testing.services import Kind, ServiceError, check_image, find_binaries, image_for
+from stack.testing.services.engine import prepare_testcontainers, remove_stale_containers
+from stack.testing.services.postgres import DockerPostgres, PostgresService, database_name, new_database_name
+from stack.testing.services.redis import (
+    OWNER_KEY,
+    DockerRedis,
+    LocalRedis,
+    RedisService,
+    UrlRedis,
+    db_index,
+    owner_mark,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -247,3 +257,128 @@ def test_server_dies_with_a_killed_test_run(kind: Kind) -> None:
             parent.wait(10)
         if "started" in locals():
             shutil.rmtree(started["dir"], ignore_errors=True)
+
+
+# --- docker: containers restart, die loudly, suit testcontainers, and never leak -----------------
+def _docker_image(kind: Kind) -> str:
+    """The image the docker provider would run for `kind`, or a skip (a failure when the run
+    demands docker, so CI cannot pass these by skipping them)."""
+    image = image_for(kind, os.environ)
+    verdict = check_image(image)
+    if not verdict.usable:
+        demanded = (
+            os.environ.get("STACK_SERVICES") == "docker" and os.environ.get("STACK_E2E_REQUIRED") == "1"
+        )
+        (pytest.fail if demanded else pytest.skip)(f"{kind}: docker: {verdict.reason}")
+    return image
+
+
+def test_docker_postgres_restart_keeps_the_port_and_the_data() -> None:
+    with DockerPostgres(_docker_image("postgres")) as server:
+        port, url = server.port, server.url
+        database = server.create_database()
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (note text)")
+            conn.execute("INSERT INTO kept VALUES ('before')")
+        server.stop()
+        assert not server.ready()
+        server.start()
+        server.restart(downtime=0.2)
+        assert (server.port, server.url) == (port, url)
+        with psycopg.connect(database, connect_timeout=5) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [("before",)]
+        container_id = server._wrapped().id
+    assert not docker.from_env().containers.list(all=True, filters={"id": container_id})
+
+
+def test_a_container_that_is_not_the_server_fails_fast_naming_image_and_fix() -> None:
+    # The PostgreSQL image cannot run redis-server: its container exits at once. Without a check
+    # of the container's state this costs the whole readiness timeout.
+    wrong = _docker_image("postgres")
+    started = time.monotonic()
+    server = DockerRedis(wrong)
+    with pytest.raises(ServiceError) as info:
+        server.__enter__()
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert wrong in message and "STACK_TEST_REDIS_IMAGE" in message and "STACK_SERVICES=local" in message
+    assert took < 20, f"took {took:.1f} s to notice the container had died"
+
+
+def test_testcontainers_own_wait_strategies_accept_the_images() -> None:
+    # Users may start the images with testcontainers' RedisContainer / PostgresContainer directly;
+    # their wait strategies (a PING; psql run inside the container) must succeed.
+    try:  # testcontainers >= 4.10 moved the modules under `community`
+        from testcontainers.community.postgres import PostgresContainer
+        from testcontainers.community.redis import RedisContainer
+    except ImportError:
+        from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef]
+        from testcontainers.redis import RedisContainer  # type: ignore[no-redef]
+
+    prepare_testcontainers()
+    with RedisContainer(_docker_image("redis")) as cache:
+        assert cache.get_client().ping()
+    with PostgresContainer(_docker_image("postgres"), username="app", password="pw", dbname="appdb") as db:
+        url = db.get_connection_url(driver=None)
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user, current_database()").fetchone() == ("app", "appdb")
+
+
+_DOCKER_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from stack.testing.services.redis import DockerRedis
+    server = DockerRedis(sys.argv[1])
+    server.start()
+    print(server._wrapped().id, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_containers_of_a_killed_session_are_removed_by_the_next() -> None:
+    image = _docker_image("redis")
+    client = docker.from_env()
+    child = subprocess.Popen([sys.executable, "-c", _DOCKER_CHILD, image], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        container_id = child.stdout.readline().strip()
+        assert container_id, "the child printed no container id"
+        child.send_signal(signal.SIGKILL)  # no teardown runs; without Ryuk the container stays
+        child.wait(10)
+        assert container_id in remove_stale_containers(client)
+        assert not client.containers.list(all=True, filters={"id": container_id})
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def test_auto_mode_falls_back_to_local_binaries_with_one_line(tmp_path: Path) -> None:
+    # An engine that answers but cannot run the image (not present, not pullable): auto mode
+    # must use the local binaries and say why, in one line.
+    if not check_image("stack-testing/absent:never").engine:
+        pytest.skip("no Docker engine answers; the fallback from an engine needs one")
+    if find_binaries("redis") is None:
+        pytest.skip("redis: no local binaries to fall back to")
+    (tmp_path / "test_fallback.py").write_text(
+        "def test_redis(stack_redis_service):\n    assert stack_redis_service.provider == 'local'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("STACK_SERVICES", "STACK_TEST_REDIS_URL")}
+    env["STACK_TEST_REDIS_IMAGE"] = "stack-testing/absent:never"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_fallback.py")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    lines = [line for line in output.splitlines() if "docker:" in line]
+    assert len(lines) == 1, output
+    assert "image stack-testing/absent:never is not present and cannot be pulled" in lines[0]
+    assert "using local binaries" in lines[0] and "STACK_TEST_REDIS_IMAGE" in lines[0]
+    assert "redis=local" in output

@@ -10,7 +10,10 @@ import pytest
 from stack.errors import ConfigError
 from stack.testing.services.base import Kind
 from stack.testing.services.selection import (
+    DEFAULT_IMAGE,
+    IMAGE_ENV,
     URL_ENV,
+    DockerVerdict,
     Mode,
     ProviderChoice,
     Unavailable,
@@ -24,8 +27,33 @@ PG_BIN = Path("/usr/lib/postgresql/16/bin")
 KINDS: list[Kind] = ["redis", "postgres"]
 
 
-def _never() -> bool:
+def _never(image: str) -> DockerVerdict:
     raise AssertionError("Docker must not be asked here")
+
+
+def _engine(answers: bool) -> Callable[[str], DockerVerdict]:
+    """An engine that can run every image (True) or does not answer at all (False)."""
+
+    def check(image: str) -> DockerVerdict:
+        if answers:
+            return DockerVerdict(image, engine=True, usable=True)
+        return DockerVerdict(image, engine=False, usable=False, reason="no Docker engine answers")
+
+    return check
+
+
+def _missing(image: str) -> DockerVerdict:
+    """An engine that answers but has no images and no registry (an offline CI machine)."""
+    return DockerVerdict(
+        image,
+        engine=True,
+        usable=False,
+        reason=f"image {image} is not present and cannot be pulled (registry unreachable: no such host)",
+    )
+
+
+def _docker(kind: Kind) -> ProviderChoice:
+    return ProviderChoice(kind, "docker", image=DEFAULT_IMAGE[kind])
 
 
 def _no_lookup(kind: Kind) -> Path | None:
@@ -46,14 +74,14 @@ def select(
     mode: Mode = "auto",
     *,
     env: dict[str, str] | None = None,
-    docker: bool | Callable[[], bool] = False,
+    docker: bool | Callable[[str], DockerVerdict] = False,
     binaries: bool | Callable[[Kind], Path | None] = False,
 ) -> ProviderChoice | Unavailable:
     return select_provider(
         kind,
         mode,
         env=env or {},
-        docker_available=docker if callable(docker) else (lambda: docker),
+        docker_check=docker if callable(docker) else _engine(docker),
         find_binaries=binaries if callable(binaries) else _binaries(binaries),
     )
 
@@ -69,7 +97,7 @@ def test_url_wins_without_asking_docker_or_looking_for_binaries(kind: Kind) -> N
 @pytest.mark.parametrize("kind", KINDS)
 def test_docker_when_the_engine_answers(kind: Kind) -> None:
     choice = select(kind, docker=True, binaries=_no_lookup)
-    assert choice == ProviderChoice(kind, "docker")
+    assert choice == _docker(kind)
 
 
 def test_local_when_no_url_no_docker_but_binaries() -> None:
@@ -137,7 +165,7 @@ def test_a_malformed_redis_dbs_is_an_error_not_a_guess(value: str) -> None:
 def test_redis_dbs_matter_only_for_a_redis_url() -> None:
     env = {"STACK_TEST_REDIS_DBS": "nonsense", "STACK_TEST_DATABASE_URL": "postgresql://db/app"}
     assert select("postgres", env=env) == ProviderChoice("postgres", "url", url="postgresql://db/app")
-    assert select("redis", env=env, docker=True) == ProviderChoice("redis", "docker")
+    assert select("redis", env=env, docker=True) == _docker("redis")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -149,7 +177,7 @@ def test_url_mode_without_url_is_unavailable_even_with_docker_and_binaries(kind:
 
 def test_docker_mode_ignores_the_url() -> None:
     env = {"STACK_TEST_REDIS_URL": "redis://r:6379/0"}
-    assert select("redis", "docker", env=env, docker=True) == ProviderChoice("redis", "docker")
+    assert select("redis", "docker", env=env, docker=True) == _docker("redis")
 
 
 def test_docker_mode_without_engine_is_unavailable_even_with_binaries() -> None:
@@ -173,6 +201,111 @@ def test_local_mode_without_binaries_says_what_to_install(kind: Kind, hint: str)
     assert isinstance(choice, Unavailable)
     assert hint in choice.reason
     assert choice.reason.startswith(f"{kind}:")
+
+
+# --- docker images: present, pullable, or not ------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_docker_is_asked_about_the_image_from_the_environment(kind: Kind) -> None:
+    asked: list[str] = []
+
+    def check(image: str) -> DockerVerdict:
+        asked.append(image)
+        return DockerVerdict(image, engine=True, usable=True)
+
+    env = {IMAGE_ENV[kind]: " stack-local/thing:1 "}
+    assert select(kind, env=env, docker=check) == ProviderChoice(kind, "docker", image="stack-local/thing:1")
+    assert select(kind, docker=check) == _docker(kind)
+    assert asked == ["stack-local/thing:1", DEFAULT_IMAGE[kind]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_falls_back_to_binaries_with_one_line_naming_image_and_fix(kind: Kind) -> None:
+    choice = select(kind, docker=_missing, binaries=True)
+    assert isinstance(choice, ProviderChoice)
+    assert choice.provider == "local" and choice.binary is not None
+    line = choice.fallback
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"{kind}: docker: image {DEFAULT_IMAGE[kind]} is not present and cannot be pulled")
+    assert "registry unreachable" in line
+    assert "using local binaries" in line
+    assert f"set {IMAGE_ENV[kind]} to a local image" in line
+    assert "STACK_SERVICES=local" in line
+
+
+def test_no_fallback_line_without_an_engine() -> None:
+    # The usual machine without Docker: nothing surprising happened, nothing to explain.
+    choice = select("redis", docker=False, binaries=True)
+    assert choice == ProviderChoice("redis", "local", binary=REDIS_BIN)
+
+
+def test_auto_with_unusable_images_and_no_binaries_names_the_image_setting() -> None:
+    choice = select("postgres", docker=_missing)
+    assert isinstance(choice, Unavailable)
+    assert "docker: image postgres:16-alpine is not present" in choice.reason
+    assert "STACK_TEST_POSTGRES_IMAGE" in choice.reason
+    assert "apt-get install postgresql" in choice.reason
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_docker_mode_with_an_unusable_image_is_unavailable_naming_image_and_fix(kind: Kind) -> None:
+    choice = select(kind, "docker", docker=_missing, binaries=_no_lookup)
+    assert isinstance(choice, Unavailable)
+    assert DEFAULT_IMAGE[kind] in choice.reason
+    assert IMAGE_ENV[kind] in choice.reason
+    assert "STACK_SERVICES=local" in choice.reason
+
+
+def test_local_mode_never_asks_docker_about_images() -> None:
+    choice = select("redis", "local", env={IMAGE_ENV["redis"]: "x"}, docker=_never, binaries=True)
+    assert choice == ProviderChoice("redis", "local", binary=REDIS_BIN)
+
+
+# --- the engine's rules: where containers are reached, stale containers, registry errors ------------
+def test_containers_are_reached_at_127_0_0_1_when_the_engine_runs_here() -> None:
+    from stack.testing.services.engine import connection_settings
+
+    here = connection_settings({}, engine_name="vm", hostname="vm")
+    assert here == {"TESTCONTAINERS_CONNECTION_MODE": "docker_host", "TC_HOST": "127.0.0.1"}
+    assert (
+        connection_settings({"DOCKER_HOST": "unix:///run/docker.sock"}, engine_name="vm", hostname="vm")
+        == here
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "engine_name"),
+    [
+        ({"TC_HOST": "10.0.0.5"}, "vm"),  # the user said where
+        ({"TESTCONTAINERS_CONNECTION_MODE": "bridge_ip"}, "vm"),
+        ({"DOCKER_HOST": "tcp://build-host:2376"}, "vm"),  # a remote engine
+        ({}, "docker-desktop"),  # the engine runs in another machine (Docker Desktop's VM)
+    ],
+)
+def test_testcontainers_keeps_its_own_answer_elsewhere(env: dict[str, str], engine_name: str) -> None:
+    from stack.testing.services.engine import connection_settings
+
+    assert connection_settings(env, engine_name=engine_name, hostname="vm") == {}
+
+
+def test_only_containers_of_ended_sessions_on_this_host_are_stale() -> None:
+    from stack.testing.services.engine import owner_value, stale_containers
+
+    owners = [
+        ("dead", owner_value("vm", 111)),
+        ("live", owner_value("vm", 222)),  # another session running right now
+        ("other-host", owner_value("ci-7", 111)),
+        ("garbled", "vm pid?"),
+    ]
+    assert stale_containers(owners, hostname="vm", alive=lambda pid: pid == 222) == ["dead"]
+
+
+def test_registry_errors_say_whether_the_registry_was_reached() -> None:
+    from stack.testing.services.engine import pull_problem
+
+    dns = 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host'
+    assert pull_problem(dns, timed_out=False).startswith("registry unreachable: ")
+    assert pull_problem("manifest unknown", timed_out=False) == "manifest unknown"
+    assert "did not answer within" in pull_problem("", timed_out=True)
 
 
 # --- mode parsing ---------------------------------------------------------------------------------

@@ -11,15 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from stack.testing.services.base import Kind, ProviderName, Service, ServiceError
 from stack.testing.services.selection import (
+    DEFAULT_IMAGE,
+    IMAGE_ENV,
     MODES,
     URL_ENV,
+    DockerVerdict,
     Mode,
     ProviderChoice,
     Unavailable,
     build_service,
+    check_image,
     choose,
-    docker_engine_available,
     find_binaries,
+    image_for,
     resolve_mode,
     select_provider,
 )
@@ -53,10 +57,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_IMAGE",
+    "IMAGE_ENV",
     "MODES",
     "URL_ENV",
     "DockerPostgres",
     "DockerRedis",
+    "DockerVerdict",
     "Kind",
     "LocalPostgres",
     "LocalRedis",
@@ -71,9 +78,10 @@ __all__ = [
     "UrlPostgres",
     "UrlRedis",
     "build_service",
+    "check_image",
     "choose",
-    "docker_engine_available",
     "find_binaries",
+    "image_for",
     "resolve_mode",
     "select_provider",
 ]

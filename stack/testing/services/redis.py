@@ -23,14 +23,14 @@ import redis
 
 from stack.errors import ConfigError
 from stack.testing.services.base import Service, ServiceError
+from stack.testing.services.containers import DockerServer
 from stack.testing.services.local import LocalServer
-from stack.testing.services.selection import REDIS_DBS_ENV, URL_ENV
+from stack.testing.services.selection import REDIS_DBS_ENV, URL_ENV, image_for
 from stack.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATABASES = 16
-DOCKER_IMAGE = "redis:7-alpine"
 
 # Marks a logical database as the test plugin's, so a later run may flush it again. Its value
 # starts with OWNER_MARK; the rest says which run took it, for whoever finds it.
@@ -262,38 +262,35 @@ class UrlRedis(RedisService):
         pass
 
 
-class DockerRedis(RedisService):
-    """A throwaway container started through testcontainers."""
+class DockerRedis(DockerServer, RedisService):
+    """A throwaway container started through testcontainers (STACK_TEST_REDIS_IMAGE)."""
 
-    provider = "docker"
     owns_server = True
+    CONTAINER_PORT = 6379
 
     def __init__(self, image: str | None = None) -> None:
         super().__init__()
-        self.image = image or os.environ.get("STACK_TEST_REDIS_IMAGE", DOCKER_IMAGE)
-        self._container: Any = None
+        self._init_docker(image or image_for("redis", os.environ))
 
-    def start(self) -> None:
-        try:  # testcontainers >= 4.10 moved the modules under `community`
-            from testcontainers.community.redis import RedisContainer
-        except ImportError:
-            from testcontainers.redis import RedisContainer
-        try:
-            container = RedisContainer(self.image)
-            self._container = container
-            container.start()
-        except Exception as exc:
-            raise ServiceError(
-                f"redis (docker): could not start {self.image} with testcontainers: {exc}"
-            ) from exc
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(6379)
-        self.url = f"redis://{host}:{port}/0"
+    def _configure(self, container: Any) -> None:
+        # Explicit, so any Redis image behaves alike: no protected mode (clients come through
+        # Docker's port mapping, not loopback) and no persistence.
+        container.with_command(
+            [
+                "redis-server",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                str(DEFAULT_DATABASES),
+            ]
+        )
 
-    def teardown(self) -> None:
-        container, self._container = self._container, None
-        if container is not None:
-            container.stop()
+    def _server_url(self, host: str, port: int) -> str:
+        return f"redis://{host}:{port}/0"
 
 
 class LocalRedis(LocalServer, RedisService):

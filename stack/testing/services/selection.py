@@ -7,7 +7,6 @@ can never be mistaken for the standard library's `select` module.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from stack.testing.services.base import Kind, ProviderName
 
 if TYPE_CHECKING:
     from stack.testing.services.base import Service
-
-logger = logging.getLogger(__name__)
 
 Mode = Literal["auto", "url", "docker", "local"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -50,15 +47,54 @@ _LOCAL_WHAT: dict[Kind, str] = {
 }
 
 
+# Docker images for the docker provider; the defaults are Docker Hub's official ones.
+IMAGE_ENV: dict[Kind, str] = {
+    "redis": "STACK_TEST_REDIS_IMAGE",
+    "postgres": "STACK_TEST_POSTGRES_IMAGE",
+}
+DEFAULT_IMAGE: dict[Kind, str] = {
+    "redis": "redis:7-alpine",
+    "postgres": "postgres:16-alpine",
+}
+
+
+def image_for(kind: Kind, env: Mapping[str, str]) -> str:
+    """The image the docker provider runs for `kind`: STACK_TEST_<KIND>_IMAGE or the default."""
+    return (env.get(IMAGE_ENV[kind]) or "").strip() or DEFAULT_IMAGE[kind]
+
+
+def docker_fix(kind: Kind) -> str:
+    """How to get past an image the engine cannot run, for every message that needs it."""
+    return (
+        f"set {IMAGE_ENV[kind]} to an image present locally (see `docker images`) or pullable, "
+        f"or {MODE_ENV}=local to use local binaries"
+    )
+
+
+@dataclass(frozen=True)
+class DockerVerdict:
+    """Whether the Docker engine can run `image` now: it answers, and the image is present
+    locally or can be pulled. `reason` says why not, e.g. "image redis:7-alpine is not present
+    and cannot be pulled (registry unreachable: ...)"."""
+
+    image: str
+    engine: bool
+    usable: bool
+    reason: str = ""
+
+
 @dataclass(frozen=True)
 class ProviderChoice:
-    """Serve `kind` with `provider`; `url` for the url provider, `binary` for local ones."""
+    """Serve `kind` with `provider`; `url` for the url provider, `binary` for local ones,
+    `image` for docker. `fallback` is the one line saying why docker was passed over."""
 
     kind: Kind
     provider: ProviderName
     url: str | None = None
     binary: Path | None = None  # redis-server, or PostgreSQL's bin dir
     redis_dbs: int = 1  # url provider for redis only: STACK_TEST_REDIS_DBS
+    image: str | None = None
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,15 +138,18 @@ def select_provider(
     mode: Mode = "auto",
     *,
     env: Mapping[str, str],
-    docker_available: Callable[[], bool],
+    docker_check: Callable[[str], DockerVerdict],
     find_binaries: Callable[[Kind], Path | None],
 ) -> ProviderChoice | Unavailable:
-    """Pick the provider for `kind`: url (env var set) -> docker (engine answers) -> local.
+    """Pick the provider for `kind`: url (env var set) -> docker (the engine can run the image)
+    -> local binaries.
 
-    An explicit mode forces that provider. `docker_available` and `find_binaries` are only
-    called when their answer matters, because asking Docker can take a moment. A malformed
-    STACK_TEST_REDIS_DBS raises ConfigError rather than being ignored: guessing wrong could
-    flush a database the user did not give.
+    An explicit mode forces that provider. `docker_check` (given the image) and `find_binaries`
+    are only called when their answer matters, because asking Docker can take a moment. Auto
+    mode passes over an engine that answers but cannot run the image (not present, not
+    pullable) with a `fallback` line saying so. A malformed STACK_TEST_REDIS_DBS raises
+    ConfigError rather than being ignored: guessing wrong could flush a database the user did
+    not give.
     """
     env_name = URL_ENV[kind]
     url = (env.get(env_name) or "").strip()
@@ -123,40 +162,52 @@ def select_provider(
             kind,
             f"{kind}: --stack-services=url but {env_name} is not set; set {env_name}={_URL_EXAMPLE[kind]}",
         )
-    if mode in ("auto", "docker") and docker_available():
-        return ProviderChoice(kind, "docker")
+    verdict: DockerVerdict | None = None
+    if mode in ("auto", "docker"):
+        verdict = docker_check(image_for(kind, env))
+        if verdict.usable:
+            return ProviderChoice(kind, "docker", image=verdict.image)
     if mode == "docker":
-        return Unavailable(
-            kind,
-            f"{kind}: --stack-services=docker but no Docker engine answers (checked DOCKER_HOST "
-            "or the default socket); start Docker, or use --stack-services=local or url",
-        )
+        assert verdict is not None
+        if not verdict.engine:
+            return Unavailable(
+                kind,
+                f"{kind}: --stack-services=docker but {verdict.reason}; start Docker, or use "
+                "--stack-services=local or url",
+            )
+        return Unavailable(kind, f"{kind}: --stack-services=docker but {verdict.reason}; {docker_fix(kind)}")
     binary = find_binaries(kind)
     if binary is not None:
-        return ProviderChoice(kind, "local", binary=binary)
+        return ProviderChoice(kind, "local", binary=binary, fallback=_fallback_line(kind, verdict))
     if mode == "local":
         return Unavailable(kind, f"{kind}: {_LOCAL_WHAT[kind]}; {_INSTALL_HINT[kind]}")
+    engine = verdict is not None and verdict.engine
+    docker_part = f"docker: {verdict.reason}" if engine and verdict else "no Docker engine"
+    docker_way = f"set {IMAGE_ENV[kind]} to a local image" if engine else "start Docker"
     return Unavailable(
         kind,
-        f"{kind}: no {env_name}, no Docker engine and {_LOCAL_WHAT[kind]}; "
-        f"{_INSTALL_HINT[kind]} or set {env_name}={_URL_EXAMPLE[kind]} or start Docker",
+        f"{kind}: no {env_name}, {docker_part} and {_LOCAL_WHAT[kind]}; "
+        f"{_INSTALL_HINT[kind]} or set {env_name}={_URL_EXAMPLE[kind]} or {docker_way}",
+    )
+
+
+def _fallback_line(kind: Kind, verdict: DockerVerdict | None) -> str | None:
+    """Why auto mode went past an engine that answers; None when there was no engine at all
+    (the usual laptop without Docker, nothing surprising to explain)."""
+    if verdict is None or not verdict.engine:
+        return None
+    return (
+        f"{kind}: docker: {verdict.reason}; using local binaries — set {IMAGE_ENV[kind]} to a "
+        f"local image, or {MODE_ENV}=local"
     )
 
 
 # --- the real checks ------------------------------------------------------------------------------
-def docker_engine_available(timeout: float = 2.0) -> bool:
-    """True when a Docker engine answers a ping within `timeout` s; any failure means no."""
-    try:
-        import docker  # only present with the dev extra (testcontainers)
+def check_image(image: str) -> DockerVerdict:
+    """The real Docker check (imported late: it needs the docker SDK of the dev extra)."""
+    from stack.testing.services.engine import check_image as check
 
-        client = docker.from_env(timeout=timeout)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception as exc:
-        logger.debug("no Docker engine: %r", exc)
-        return False
+    return check(image)
 
 
 def find_binaries(kind: Kind) -> Path | None:
@@ -171,7 +222,7 @@ def choose(kind: Kind, mode: Mode, env: Mapping[str, str] | None = None) -> Prov
         kind,
         mode,
         env=os.environ if env is None else env,
-        docker_available=docker_engine_available,
+        docker_check=check_image,
         find_binaries=find_binaries,
     )
 
@@ -184,12 +235,12 @@ def build_service(choice: ProviderChoice) -> Service:
         if choice.provider == "url":
             return r.UrlRedis(cast(str, choice.url), databases=choice.redis_dbs)
         if choice.provider == "docker":
-            return r.DockerRedis()
+            return r.DockerRedis(cast(str, choice.image))
         return r.LocalRedis(cast(Path, choice.binary))
     from stack.testing.services import postgres as p
 
     if choice.provider == "url":
         return p.UrlPostgres(cast(str, choice.url))
     if choice.provider == "docker":
-        return p.DockerPostgres()
+        return p.DockerPostgres(cast(str, choice.image))
     return p.LocalPostgres(cast(Path, choice.binary))
