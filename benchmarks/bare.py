@@ -1,7 +1,9 @@
 """The baselines our job layer is measured against: what a team writes without it.
 
 - `create_bare_app_from_env`: a FastAPI endpoint that only calls `apply_async` (no row, no
-  validation), served by the same uvicorn command line as ours;
+  validation), served by the same uvicorn command line as ours; and the status pair of the usual
+  tutorial (`POST /tasks`, `GET /tasks/{id}` reading `AsyncResult(id).state` from the result
+  backend), what the 0→100 benchmark polls;
 - `celery_app`: a Celery app with one no-op task and the very same Celery settings as the stack
   (`celery_config`) but kombu's stock Redis transport, run by the same worker command line.
 
@@ -21,6 +23,7 @@ from stack.jobs.celery_app import celery_config
 from stack.jobs.registry import JobRegistry
 
 NOOP_TASK = "bench.noop"
+NOOP_STORED_TASK = "bench.noop_stored"  # a no-op whose result a status endpoint can read
 BARE_QUEUE = "bench"
 
 
@@ -34,6 +37,12 @@ def create_bare_celery(settings: Settings) -> Celery:
 
     @app.task(name=NOOP_TASK)
     def noop(job_id: str) -> None:
+        return None
+
+    # The stack's config ignores results (the job row is its result store); a team polling
+    # Celery for completion stores them, so this one does.
+    @app.task(name=NOOP_STORED_TASK, ignore_result=False)
+    def noop_stored(job_id: str) -> None:
         return None
 
     return app
@@ -51,6 +60,18 @@ def create_bare_app(settings: Settings) -> FastAPI:
         task_id = str(uuid.uuid4())
         noop.apply_async(args=[task_id], task_id=task_id, queue=BARE_QUEUE)
         return {"task_id": task_id, "status": "pending"}
+
+    stored = celery.tasks[NOOP_STORED_TASK]
+
+    @app.post("/tasks", status_code=status.HTTP_202_ACCEPTED)
+    def submit_task() -> dict[str, Any]:
+        task_id = str(uuid.uuid4())
+        stored.apply_async(args=[task_id], task_id=task_id, queue=BARE_QUEUE)
+        return {"task_id": task_id, "status": "PENDING"}
+
+    @app.get("/tasks/{task_id}")
+    def task_status(task_id: str) -> dict[str, Any]:
+        return {"task_id": task_id, "status": celery.AsyncResult(task_id).state}
 
     @app.get("/ready")
     def ready() -> dict[str, str]:

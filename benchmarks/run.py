@@ -1,6 +1,7 @@
 """Micro-benchmarks of the job layer against bare FastAPI + Celery, side by side in one run.
 
     python -m benchmarks            # or: python benchmarks/run.py
+    python -m benchmarks --runs 5   # the figures of issue #14: medians of 5 runs, spreads
     python -m benchmarks --only enqueue --rate 300 --peak-seconds 15
 
 Starts its own Redis and PostgreSQL (never the machine's), then, one at a time:
@@ -8,9 +9,13 @@ Starts its own Redis and PostgreSQL (never the machine's), then, one at a time:
 - enqueue: our `POST /api/jobs/demo` against a bare FastAPI endpoint calling `apply_async`,
   one request at a time, at an offered rate, and at the peak (closed loop);
 - drain: N `demo` jobs with 0 s of work through our worker against N bare no-op tasks;
-- progress: the cost of one `progress()` call inside a task.
+- progress: the cost of one `progress()` call inside a task;
+- roundtrip: the 0→100 time of a job with no work, submit to success seen by a poller, ours
+  against a bare status endpoint polling Celery's result backend.
 
-and prints the figures, the ratios and the targets of issue #4 with pass/MISS.
+`--runs N` repeats all of it N times (the servers are shared, each part's processes, database and
+Redis db are fresh every run) and prints, per figure, the median of the runs, its spread and
+every run's value, then the targets of issues #4 and #14 with pass/MISS.
 """
 
 from __future__ import annotations
@@ -18,25 +23,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.targets import BenchFigures, render, targets
+from benchmarks.figures import BenchFigures
+from benchmarks.summary import render, summarize
+from benchmarks.targets import render_targets
 from loadtests import machine, servers, stackproc
 
 log = logging.getLogger("benchmarks")
 
-PARTS = ("enqueue", "drain", "progress")
+PARTS = ("enqueue", "drain", "progress", "roundtrip")
 
 
 @dataclass(frozen=True)
 class Args:
     only: tuple[str, ...]
+    runs: int
     web_concurrency: int
     worker_concurrency: int
     worker_pool: str
@@ -48,6 +58,7 @@ class Args:
     drain_jobs: int
     steps: int
     progress_calls: int
+    roundtrips: int
     out: Path
     json_path: Path | None
 
@@ -55,6 +66,7 @@ class Args:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--runs", type=int, default=1, help="repeat the measurement; figures are medians [1]")
     p.add_argument("--web-concurrency", type=int, default=2, help="uvicorn workers of both APIs [2]")
     p.add_argument("--worker-concurrency", type=int, default=2, help="Celery slots of both workers [2]")
     p.add_argument("--worker-pool", default="prefork", help="Celery pool of both workers [prefork]")
@@ -66,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-jobs", type=int, default=1000, help="jobs (and no-op tasks) drained [1000]")
     p.add_argument("--steps", type=int, default=10, help="progress steps of each drained demo job [10]")
     p.add_argument("--progress-calls", type=int, default=500, help="progress() calls timed [500]")
+    p.add_argument("--roundtrips", type=int, default=200, help="0→100 roundtrips timed, one at a time [200]")
     p.add_argument("--out", type=Path, default=Path("loadtests/out/benchmarks"), help="logs of the processes")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -78,7 +91,16 @@ def parse_args(argv: list[str] | None) -> tuple[Args, bool]:
     unknown = [part for part in only if part not in PARTS]
     if unknown or not only:
         raise SystemExit(f"--only takes a subset of {','.join(PARTS)}; got {ns.only!r}")
-    for name in ("web_concurrency", "worker_concurrency", "sequential", "peak_connections", "drain_jobs"):
+    for name in (
+        "runs",
+        "web_concurrency",
+        "worker_concurrency",
+        "sequential",
+        "peak_connections",
+        "drain_jobs",
+        "progress_calls",
+        "roundtrips",
+    ):
         if getattr(ns, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("rate", "rate_seconds", "peak_seconds"):
@@ -86,6 +108,7 @@ def parse_args(argv: list[str] | None) -> tuple[Args, bool]:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive")
     args = Args(
         only=only,
+        runs=ns.runs,
         web_concurrency=ns.web_concurrency,
         worker_concurrency=ns.worker_concurrency,
         worker_pool=ns.worker_pool,
@@ -97,34 +120,48 @@ def parse_args(argv: list[str] | None) -> tuple[Args, bool]:
         drain_jobs=ns.drain_jobs,
         steps=ns.steps,
         progress_calls=ns.progress_calls,
+        roundtrips=ns.roundtrips,
         out=ns.out,
         json_path=ns.json,
     )
     return args, ns.verbose
 
 
-def measure(args: Args) -> BenchFigures:
+def measure(args: Args) -> list[BenchFigures]:
+    """`args.runs` runs on one pair of servers."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: list[BenchFigures] = []
+    with servers.local_servers() as srv:
+        for run in range(1, args.runs + 1):
+            log.info("run %d of %d", run, args.runs)
+            runs.append(measure_once(args, srv))
+    return runs
+
+
+def measure_once(args: Args, srv: servers.Servers) -> BenchFigures:
     from benchmarks.drain import run_drain
     from benchmarks.enqueue import EnqueuePlan, run_enqueue
     from benchmarks.progress import run_progress
+    from benchmarks.roundtrip import run_roundtrip
 
     figures = BenchFigures(web_concurrency=args.web_concurrency, worker_concurrency=args.worker_concurrency)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with servers.local_servers() as srv:
+    redis_dbs: list[str] = []
 
-        def stack_env(name: str) -> stackproc.StackEnv:
-            # A fresh, migrated database and Redis db per part: no part measures another's leftovers.
-            env = stackproc.StackEnv(
-                redis_url=srv.redis_db(),
-                database_url=servers.as_role(srv.new_database(f"bench_{name}"), servers.API_ROLE),
-                data_dir=args.out / "data",
-                web_concurrency=args.web_concurrency,
-                worker_concurrency=args.worker_concurrency,
-                worker_pool=args.worker_pool,
-            )
-            stackproc.migrate(env, log_dir=args.out)
-            return env
+    def stack_env(name: str) -> stackproc.StackEnv:
+        # A fresh, migrated database and Redis db per part: no part measures another's leftovers.
+        redis_dbs.append(srv.redis_db())
+        env = stackproc.StackEnv(
+            redis_url=redis_dbs[-1],
+            database_url=servers.as_role(srv.new_database(f"bench_{name}"), servers.API_ROLE),
+            data_dir=args.out / "data",
+            web_concurrency=args.web_concurrency,
+            worker_concurrency=args.worker_concurrency,
+            worker_pool=args.worker_pool,
+        )
+        stackproc.migrate(env, log_dir=args.out)
+        return env
 
+    try:
         if "enqueue" in args.only:
             plan = EnqueuePlan(
                 sequential=args.sequential,
@@ -150,6 +187,18 @@ def measure(args: Args) -> BenchFigures:
         if "progress" in args.only:
             log.info("progress: %d calls", args.progress_calls)
             figures.progress = run_progress(stack=stack_env("progress"), calls=args.progress_calls)
+        if "roundtrip" in args.only:
+            log.info("roundtrip: %d jobs of no work through ours, then bare", args.roundtrips)
+            figures.roundtrip = run_roundtrip(
+                ours=stack_env("roundtrip"),
+                bare=stack_env("roundtrip_bare"),
+                log_dir=args.out,
+                count=args.roundtrips,
+            )
+    finally:
+        # The server has 16 logical databases; five runs of every part would need more.
+        for url in redis_dbs:
+            srv.redis.release_db(url)
     return figures
 
 
@@ -164,18 +213,36 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     state = machine.probe()
     try:
-        figures = measure(args)
+        runs = measure(args)
     except (stackproc.StackProcessError, servers.ServerError, RuntimeError) as exc:
         print(f"benchmarks: error: {exc}", file=sys.stderr)
         return 1
+    series = summarize(runs)
+    checks_text, met, total = render_targets(series)
     print(f"Machine: {state.describe()}\n")
-    print(render(figures))
-    checks = targets(figures)
-    print(f"\n{sum(c.passed for c in checks)}/{len(checks)} targets met in {time.monotonic() - began:.0f} s")
+    print(render(series, runs=len(runs)))
+    print(f"\n{checks_text}\n\n{met}/{total} targets met in {time.monotonic() - began:.0f} s")
     if args.json_path is not None:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        args.json_path.write_text(json.dumps(figures.as_dict(), indent=2))
+        document = {
+            "machine": state.describe(),
+            "runs": [run.as_dict() for run in runs],
+            "figures": {key: s.as_dict() for key, s in series.items()},
+            "targets": checks_text.splitlines(),
+        }
+        # NaN (a figure a run could not measure) is not JSON: null.
+        args.json_path.write_text(json.dumps(_nan_to_none(document), indent=2))
     return 0
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def publish_rounds(redis_client: Any, job_ids: list[str], *, args: Args) -> dict
 
     def send(job_id: str, progress: int) -> None:
         event = {"status": "progress", "progress": progress, "message": f"t={time.monotonic():.6f}"}
-        redis_client.publish(channel_for(job_id), json.dumps(event))
+        redis_client.publish(channel_for(job_id, prefix=stackproc.STACK_PREFIX), json.dumps(event))
 
     windows: dict[str, tuple[float, float]] = {}
     gap = 1.0 / args.rate
@@ -288,7 +288,7 @@ def publish_rounds(redis_client: Any, job_ids: list[str], *, args: Args) -> dict
                 "progress": args.rounds + r + 1,
                 "message": f"t={time.monotonic():.6f}",
             }
-            pipe.publish(channel_for(job_id), json.dumps(event))
+            pipe.publish(channel_for(job_id, prefix=stackproc.STACK_PREFIX), json.dumps(event))
         pipe.execute()
         time.sleep(2.0)
     windows["burst"] = (began, time.monotonic())

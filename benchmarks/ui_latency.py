@@ -170,6 +170,7 @@ def publish_progress(
     redis_client: Any, job_ids: list[str], *, updates: int, gap: float
 ) -> list[tuple[str, int, float]]:
     """Round r publishes progress r to every job, `gap` s apart; returns (job, value, sent at ms)."""
+    from loadtests.stackproc import STACK_PREFIX
     from stack.jobs.events import channel_for
 
     sent = []
@@ -184,7 +185,7 @@ def publish_progress(
                 {"status": "progress", "progress": value, "message": f"step {value}/{updates}"}
             )
             at = time.time() * 1000
-            redis_client.publish(channel_for(job_id), event)
+            redis_client.publish(channel_for(job_id, prefix=STACK_PREFIX), event)
             sent.append((job_id, value, at))
     return sent
 

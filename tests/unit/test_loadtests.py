@@ -327,33 +327,6 @@ def test_load_result_rate_and_errors() -> None:
     assert LoadResult().rate == 0.0
 
 
-def test_benchmark_targets_from_given_numbers() -> None:
-    from benchmarks.drain import DrainFigures
-    from benchmarks.enqueue import EnqueueFigures
-    from benchmarks.targets import BenchFigures, render
-    from benchmarks.targets import targets as bench_targets
-
-    def load(latency: float, count: int, elapsed: float, offered: float | None = None) -> LoadResult:
-        return LoadResult(latencies=[latency] * count, elapsed=elapsed, offered_rate=offered)
-
-    ours = EnqueueFigures("ours", load(0.002, 100, 0.2), load(0.004, 2000, 10, 200.0), load(0.03, 5600, 8))
-    bare = EnqueueFigures("bare", load(0.0012, 100, 0.12), load(0.002, 2000, 10, 200.0), load(0.02, 8000, 8))
-    figures = BenchFigures(
-        web_concurrency=2,
-        worker_concurrency=2,
-        enqueue=(ours, bare),
-        drain=(DrainFigures("ours", 1000, 10.0), DrainFigures("bare", 1000, 4.0)),
-    )
-    checks = bench_targets(figures)
-    assert [c.passed for c in checks] == [True, True, True, True, True, False]
-    assert checks[4].measured == pytest.approx(70)  # 700 / 1000 req/s
-    assert checks[5].measured == pytest.approx(40)  # 100 / 250 jobs/s
-    text = render(figures)
-    assert "MISS  drain, ours / bare Celery no-op: 40 % (target >= 50 %) MISS" in text
-    assert "peak (closed loop): req/s" in text
-    assert figures.as_dict()["drain_bare"]["rate"] == 250
-
-
 def test_machine_state_warns_when_others_use_the_cpu() -> None:
     from loadtests.machine import MachineState
 

@@ -1,0 +1,226 @@
+"""The pure parts of benchmarks/: medians and spreads of N runs, the targets of issues #4 and #14,
+the printed table, the 0→100 poll loop (against a scripted client) and the options. No servers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from benchmarks.drain import DrainFigures
+from benchmarks.enqueue import EnqueueFigures
+from benchmarks.figures import BenchFigures
+from benchmarks.httpload import LoadResult
+from benchmarks.roundtrip import OURS, JsonClient, RoundtripError, RoundtripFigures, roundtrip
+from benchmarks.run import parse_args
+from benchmarks.summary import median, render, spread, summarize
+from benchmarks.targets import issue4_targets, issue14_targets, render_targets
+
+
+def load(latency: float, count: int, elapsed: float, offered: float | None = None) -> LoadResult:
+    return LoadResult(latencies=[latency] * count, elapsed=elapsed, offered_rate=offered)
+
+
+def run_figures(
+    *,
+    peak: float = 1100.0,
+    bare_peak: float = 1000.0,
+    seq_ms: float = 1.0,
+    bare_seq_ms: float = 0.9,
+    drain: float = 450.0,
+    bare_drain: float = 500.0,
+) -> BenchFigures:
+    """One run's figures with the given rates and latencies (8 s peak, 1,000 drained jobs)."""
+    ours = EnqueueFigures(
+        "ours", load(seq_ms / 1e3, 100, 0.1), load(0.004, 2000, 10, 200.0), load(0.03, int(peak * 8), 8)
+    )
+    bare = EnqueueFigures(
+        "bare",
+        load(bare_seq_ms / 1e3, 100, 0.1),
+        load(0.002, 2000, 10, 200.0),
+        load(0.02, int(bare_peak * 8), 8),
+    )
+    return BenchFigures(
+        web_concurrency=2,
+        worker_concurrency=2,
+        enqueue=(ours, bare),
+        drain=(DrainFigures("ours", 1000, 1000 / drain), DrainFigures("bare", 1000, 1000 / bare_drain)),
+        roundtrip=(
+            RoundtripFigures("ours", [0.010, 0.012, 0.020], polls=6),
+            RoundtripFigures("bare", [0.008, 0.009, 0.015], polls=5),
+        ),
+    )
+
+
+# --- medians and spreads ---------------------------------------------------------------------------
+def test_median_and_spread() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    assert spread([90.0, 100.0, 110.0]) == pytest.approx(0.2)
+    assert spread([5.0]) == 0.0
+    assert math.isnan(spread([]))
+    assert math.isnan(spread([0.0, 0.0]))
+
+
+def test_summary_takes_medians_and_per_run_ratios() -> None:
+    runs = [run_figures(peak=p, bare_peak=b) for p, b in ((1100, 1000), (1000, 1250), (1200, 1000))]
+    series = summarize(runs)
+    peak = series["peak_rate"]
+    assert peak.ours == pytest.approx([1100, 1000, 1200])
+    assert median(peak.ours) == pytest.approx(1100)
+    assert spread(peak.ours) == pytest.approx(200 / 1100)
+    assert peak.ratios == pytest.approx([1.1, 0.8, 1.2])
+    assert peak.median_ratio == pytest.approx(1.1)  # the median of the ratios, not of the rates
+    assert series["roundtrip_p50_ms"].ours == pytest.approx([12.0] * 3)
+    assert series["drain_rate"].as_dict()["ratio_median"] == pytest.approx(0.9)
+
+
+# --- the targets -----------------------------------------------------------------------------------
+def test_issue4_targets_on_the_medians() -> None:
+    runs = [run_figures(peak=700, bare_peak=1000, drain=100, bare_drain=250)] * 3
+    checks = issue4_targets(summarize(runs))
+    assert [c.passed for c in checks] == [True, True, True, True, True, False]
+    assert checks[4].measured == pytest.approx(70)  # 700 / 1000 req/s
+    assert checks[5].measured == pytest.approx(40)  # 100 / 250 jobs/s
+    assert checks[5].describe() == "drain, ours / bare Celery no-op: 40 % (target >= 50 %) MISS"
+
+
+def test_issue14_targets_pass() -> None:
+    runs = [run_figures(peak=p) for p in (1050.0, 1100.0, 1150.0)]
+    checks = issue14_targets(summarize(runs))
+    assert [c.label for c in checks] == [
+        "peak submits, ours / bare, lowest of 3 runs",
+        "ours' peak submits, spread over the runs",
+        "drain, ours / bare, median ratio",
+        "one-at-a-time submit p50, ours / bare, median ratio",
+    ]
+    assert all(c.passed for c in checks), [c.describe() for c in checks]
+    assert checks[0].measured == pytest.approx(105)
+    assert checks[1].measured == pytest.approx(100 * 100 / 1100)
+    assert checks[2].measured == pytest.approx(90)
+    assert checks[3].measured == pytest.approx(1.0 / 0.9)
+
+
+def test_issue14_peak_must_beat_bare_in_every_run_not_on_the_median() -> None:
+    runs = [run_figures(peak=p, bare_peak=1000) for p in (1100.0, 990.0, 1120.0)]
+    peak_every_run = issue14_targets(summarize(runs))[0]
+    assert summarize(runs)["peak_rate"].median_ratio > 1  # the median alone would pass
+    assert not peak_every_run.passed and peak_every_run.measured == pytest.approx(99)
+
+
+def test_issue14_peak_spread_miss() -> None:
+    runs = [run_figures(peak=p, bare_peak=800) for p in (900.0, 1000.0, 1100.0)]
+    spread_check = issue14_targets(summarize(runs))[1]
+    assert spread_check.measured == pytest.approx(20) and not spread_check.passed
+
+
+def test_issue14_spread_needs_two_runs() -> None:
+    spread_check = issue14_targets(summarize([run_figures()]))[1]
+    assert math.isnan(spread_check.measured) and spread_check.verdict == "MISS"
+    assert "needs --runs 2 or more" in spread_check.describe()
+
+
+def test_issue14_drain_miss() -> None:
+    runs = [run_figures(drain=d, bare_drain=500) for d in (400.0, 410.0, 430.0)]
+    drain = issue14_targets(summarize(runs))[2]
+    assert drain.measured == pytest.approx(82) and not drain.passed
+
+
+def test_issue14_one_at_a_time_ratio_miss() -> None:
+    runs = [run_figures(seq_ms=s, bare_seq_ms=1.0) for s in (1.1, 1.2, 1.3)]
+    sequential = issue14_targets(summarize(runs))[3]
+    assert sequential.measured == pytest.approx(1.2) and not sequential.passed
+    assert sequential.describe() == (
+        "one-at-a-time submit p50, ours / bare, median ratio: 1.20 x (target <= 1.15 x) MISS"
+    )
+
+
+def test_targets_only_for_the_parts_measured() -> None:
+    only_roundtrip = BenchFigures(
+        web_concurrency=2,
+        worker_concurrency=2,
+        roundtrip=(RoundtripFigures("ours", [0.01], 2), RoundtripFigures("bare", [0.01], 2)),
+    )
+    text, met, total = render_targets(summarize([only_roundtrip]))
+    assert (text, met, total) == ("", 0, 0)
+
+
+# --- the printed table and JSON ---------------------------------------------------------------------
+def test_render_shows_medians_spreads_ratios_and_each_run() -> None:
+    runs = [run_figures(peak=p, bare_peak=b) for p, b in ((1100, 1000), (1000, 1250), (1200, 1000))]
+    series = summarize(runs)
+    text = render(series, runs=3)
+    assert text.startswith("Median of 3 runs; spread = (max - min) / median")
+    row = next(line for line in text.splitlines() if line.startswith("submit peak, 2 API workers: rate"))
+    assert row.split("(req/s)")[1].split() == [
+        *("1,100", "18.2", "%", "1,000", "25.0", "%", "1.10"),
+        *("1,100", "1,000", "1,200", "|", "1,000", "1,250", "1,000"),
+    ]
+    assert "0→100 of a job of no work: p99 (ms)" in text
+    checks_text, met, total = render_targets(series)
+    assert checks_text.splitlines()[0] == "Targets (issue #4)"
+    assert "Targets (issue #14)" in checks_text
+    assert "  MISS  peak submits, ours / bare, lowest of 3 runs: 80 % (target >= 100 %) MISS" in checks_text
+    assert total == 10 and met < total
+
+
+def test_run_as_dict_includes_the_roundtrip() -> None:
+    out = run_figures().as_dict()
+    assert out["roundtrip_ours"] == {
+        "jobs": 3,
+        "p50_ms": pytest.approx(12.0),
+        "p90_ms": pytest.approx(20.0),
+        "p99_ms": pytest.approx(20.0),
+        "polls_per_job": pytest.approx(2.0),
+    }
+    assert out["drain_bare"]["rate"] == pytest.approx(500)
+
+
+# --- the 0→100 poll loop ---------------------------------------------------------------------------
+class ScriptedClient(JsonClient):
+    """Answers the submit with a job id, then the given statuses, one per poll."""
+
+    def __init__(self, statuses: list[str], submit_code: int = 202) -> None:
+        self.statuses = list(statuses)
+        self.submit_code = submit_code
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        self.requests.append((method, path))
+        if method == "POST":
+            return self.submit_code, {"task_id": "j1", "status": "pending"}
+        state = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return 200, {"task_id": "j1", "status": state}
+
+
+def test_roundtrip_polls_until_success() -> None:
+    client = ScriptedClient(["pending", "started", "success"])
+    seconds, polls = roundtrip(client, OURS, interval=0.0)
+    assert polls == 3 and seconds >= 0
+    assert client.requests == [("POST", "/api/jobs/demo")] + [("GET", "/api/jobs/j1")] * 3
+
+
+def test_roundtrip_fails_on_a_failed_job_or_a_refused_submit() -> None:
+    with pytest.raises(RoundtripError, match="the job ended failure, not success"):
+        roundtrip(ScriptedClient(["pending", "failure"]), OURS, interval=0.0)
+    with pytest.raises(RoundtripError, match="POST /api/jobs/demo answered 401"):
+        roundtrip(ScriptedClient(["success"], submit_code=401), OURS, interval=0.0)
+
+
+def test_roundtrip_times_out_with_what_it_waited_for() -> None:
+    with pytest.raises(
+        RoundtripError, match=r"timed out after 0.05 s waiting for GET /api/jobs/j1 to show success"
+    ):
+        roundtrip(ScriptedClient(["pending"]), OURS, interval=0.001, timeout=0.05)
+
+
+# --- options ---------------------------------------------------------------------------------------
+def test_options_runs_and_roundtrip_part() -> None:
+    args, _ = parse_args(["--runs", "5", "--only", "roundtrip,drain", "--roundtrips", "50"])
+    assert (args.runs, args.only, args.roundtrips) == (5, ("roundtrip", "drain"), 50)
+    assert "roundtrip" in parse_args([])[0].only and parse_args([])[0].runs == 1
+    with pytest.raises(SystemExit, match="--runs must be at least 1"):
+        parse_args(["--runs", "0"])
+    with pytest.raises(SystemExit, match="--only takes a subset of enqueue,drain,progress,roundtrip"):
+        parse_args(["--only", "roundtrips"])
