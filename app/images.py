@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageMath, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageMath, ImageStat
 
 from app.params import AnalyzeParams, ImageParams, max_image_pixels, open_bounded
-from stack.jobs.registry import JobContext
+from stack.jobs.registry import OUTPUT_FILE_MODE, JobContext, make_output_dir
 
-# A band renderer turns rows [top, bottom) of the final picture into a greyscale ("L") strip.
+# A band renderer turns rows [top, bottom) of the picture, at `supersample` times its size, into
+# an RGB strip.
 BandRenderer = Callable[[int, int], Image.Image]
-RGB = tuple[int, int, int]
 
 JULIA_ITERATIONS = 40
 # Well-known Julia constants with pleasant shapes; the prompt picks one.
@@ -35,7 +35,13 @@ JULIA_CONSTANTS: tuple[complex, ...] = (
     complex(0.355, 0.355),
     complex(-0.835, -0.2321),
 )
-_SQRT_CURVE = [round(255 * math.sqrt(v / 255)) for v in range(256)]
+# The escape counts Pillow's mandelbrot reports exactly: `k * 255 / quality`, so at quality 255
+# the value is k itself. Deeper iterations only decide what is inside the set.
+EXACT_ESCAPES = 255
+# A cosine palette (Inigo Quilez's): three phase-shifted waves over log(escape count), about two
+# colour cycles from the far background to the set's edge, so the filaments stand out.
+PALETTE_PHASES = (0.5, 0.65, 0.85)
+PALETTE_CYCLES = 2.0
 HISTOGRAM_BINS = 16
 # Quantising a 4000x3000 photo is slow and the dominant colours barely change when it is shrunk.
 MAX_QUANTIZE_PIXELS = 1_000_000
@@ -92,22 +98,37 @@ def _calc(expression: Callable[[dict[str, Any]], Any], **images: Image.Image) ->
     return result
 
 
+def _sampled(params: ImageParams) -> tuple[int, int]:
+    """The size the renderers draw at: `supersample` samples per pixel side, averaged down."""
+    return params.width * params.supersample, params.height * params.supersample
+
+
 def _mandelbrot(params: ImageParams) -> BandRenderer:
-    view = Viewport.fit(params.width, params.height, complex(-0.75, 0), complex(3.0, 2.4))
+    view = Viewport.fit(*_sampled(params), complex(-0.75, 0), complex(3.0, 2.4))
+    colours = _palette(params.prompt)
 
     def render(top: int, bottom: int) -> Image.Image:
-        size = (params.width, bottom - top)
-        grey = Image.effect_mandelbrot(size, view.band_extent(top, bottom), params.iterations)
-        # Most points escape in a few iterations, so the raw image is nearly black; a square-root
-        # curve brings out the filaments around the set.
-        return grey.point(_SQRT_CURVE)
+        size, extent = (view.width, bottom - top), view.band_extent(top, bottom)
+        escapes = Image.effect_mandelbrot(size, extent, min(params.iterations, EXACT_ESCAPES))
+        # 0: no escape within the exact range (escaping at once takes |c| > 10, out of the view).
+        unescaped = escapes.point(lambda v: 255 if v == 0 else 0)
+        # Slow escapers hug the set: the brightest colour.
+        strip = ImageChops.lighter(escapes, unescaped).convert("RGB").point(colours)
+        inside = unescaped
+        if params.iterations > EXACT_ESCAPES:  # the detail knob: tell the set from slow escapers
+            deep = Image.effect_mandelbrot(size, extent, params.iterations)
+            # There 0 also means "escaped within iterations/255 steps": only where both say 0.
+            inside = ImageChops.multiply(unescaped, deep.point(lambda v: 255 if v == 0 else 0))
+        strip.paste((0, 0, 0), mask=inside)
+        return strip
 
     return render
 
 
 def _julia(params: ImageParams) -> BandRenderer:
-    view = Viewport.fit(params.width, params.height, complex(0, 0), complex(3.2, 2.4))
+    view = Viewport.fit(*_sampled(params), complex(0, 0), complex(3.2, 2.4))
     c = JULIA_CONSTANTS[_prompt_digest(params.prompt)[0] % len(JULIA_CONSTANTS)]
+    colours = _palette(params.prompt)
 
     def render(top: int, bottom: int) -> Image.Image:
         zr, zi = view.band_coordinates(top, bottom)
@@ -125,14 +146,15 @@ def _julia(params: ImageParams) -> BandRenderer:
                 zi=zi,
             )
         scaled = _calc(lambda a: a["n"] * (255 / JULIA_ITERATIONS), n=escape)
-        return scaled.convert("L")
+        return scaled.convert("L").convert("RGB").point(colours)
 
     return render
 
 
 def _gradient(params: ImageParams) -> BandRenderer:
-    view = Viewport.fit(params.width, params.height, complex(0, 0), complex(2, 2))
+    view = Viewport.fit(*_sampled(params), complex(0, 0), complex(2, 2))
     angle = _prompt_digest(params.prompt)[1] / 256 * 2 * math.pi
+    colours = _palette(params.prompt)
     cos_a, sin_a = math.cos(angle), math.sin(angle)
 
     def render(top: int, bottom: int) -> Image.Image:
@@ -146,7 +168,7 @@ def _gradient(params: ImageParams) -> BandRenderer:
             x=x,
             y=y,
         )
-        return value.convert("L")  # clamps to 0..255
+        return value.convert("L").convert("RGB").point(colours)  # "L" clamps to 0..255
 
     return render
 
@@ -162,13 +184,17 @@ def _prompt_digest(prompt: str) -> bytes:
     return hashlib.sha256(prompt.encode()).digest()
 
 
-def _palette(prompt: str) -> tuple[RGB, RGB, RGB]:
-    """Dark, middle and light colours for ImageOps.colorize, stable for a given prompt."""
-    d = _prompt_digest(prompt)
-    dark = (d[2] // 4, d[3] // 4, d[4] // 4)
-    mid = (d[5], d[6], d[7])
-    light = (192 + d[8] // 4, 192 + d[9] // 4, 192 + d[10] // 4)
-    return dark, mid, light
+def _palette(prompt: str) -> list[int]:
+    """A lookup table (256 levels per R, G, B band) from a grey level to a vivid colour: the
+    phases go to the channels in an order the prompt picks, so a prompt has its own hues."""
+    orders = list(itertools.permutations(PALETTE_PHASES))
+    phases = orders[_prompt_digest(prompt)[2] % len(orders)]
+    table = []
+    for phase in phases:
+        for level in range(256):
+            x = math.log1p(level) / math.log(256)
+            table.append(round(255 * (0.5 + 0.5 * math.cos(2 * math.pi * (PALETTE_CYCLES * x + phase)))))
+    return table
 
 
 def _bands(height: int, tiles: int) -> list[tuple[int, int]]:
@@ -180,9 +206,10 @@ def _bands(height: int, tiles: int) -> list[tuple[int, int]]:
 
 def _save_png_atomically(image: Image.Image, path: Path) -> int:
     """Write to a temp file beside the target and rename: readers never see half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, OUTPUT_FILE_MODE)  # mkstemp's 0600 would hide it from a web server
         with os.fdopen(fd, "wb") as tmp:
             image.save(tmp, format="PNG")
         os.replace(tmp_name, path)
@@ -199,11 +226,13 @@ def generate_image(params: ImageParams, job: JobContext) -> dict[str, Any]:
     same params, same progress calls, same result shape; only the pixels come from elsewhere.
     """
     render = _RENDERERS[params.style](params)
-    dark, mid, light = _palette(params.prompt)
     canvas = Image.new("RGB", (params.width, params.height))
     bands = _bands(params.height, params.tiles)
+    factor = params.supersample
     for number, (top, bottom) in enumerate(bands, start=1):
-        strip = ImageOps.colorize(render(top, bottom), dark, light, mid=mid)
+        strip = render(top * factor, bottom * factor)
+        if factor > 1:  # averaging the samples smooths the edges (antialiasing)
+            strip = strip.reduce(factor)
         canvas.paste(strip, (0, top))
         # 95 at most: the last 5% is the write, which can be slow on network storage.
         job.progress(95 * number / len(bands), f"rendering tile {number}/{len(bands)}")

@@ -25,6 +25,19 @@ from stack.config import get_settings
 MAX_IMAGE_B64_CHARS = 20_000_000
 MAX_LOG_DATA_BYTES = 64 * 1024
 
+# A 2x2 PNG: the cheapest image there is to analyse (the canary's, and the docs' example).
+TINY_PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42mM8oRHFwMDAxMDAwMDAAAAQEAFO7kM9"
+    "dwAAAABJRU5ErkJggg=="
+)
+CANARY_EVENT = "stack.doctor.canary"
+
+
+def examples(*params: dict[str, Any]) -> ConfigDict:
+    """Cheap, valid params shown in /docs; `stack doctor` sends the first as its canary job."""
+    return ConfigDict(json_schema_extra={"examples": list(params)})
+
+
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
@@ -36,6 +49,8 @@ class _Params(BaseModel):
 
 
 class ImageParams(_Params):
+    model_config = examples({"prompt": "canary", "width": 64, "height": 48, "tiles": 2, "supersample": 1})
+
     prompt: str = Field(default="mandelbrot", min_length=1, max_length=2000)
     width: int = Field(default=512, ge=16, le=2048)
     height: int = Field(default=512, ge=16, le=2048)
@@ -45,6 +60,9 @@ class ImageParams(_Params):
     # as it would with a real provider's quality setting.
     iterations: int = Field(
         default=100, ge=10, le=5000, description="mandelbrot escape-time iterations: detail and time"
+    )
+    supersample: int = Field(
+        default=2, ge=1, le=3, description="samples per pixel side, averaged: smooth edges, n*n the work"
     )
 
 
@@ -116,6 +134,8 @@ def _check_image(data: bytes) -> None:
 
 
 class AnalyzeParams(_Params):
+    model_config = examples({"image_data": TINY_PNG_B64, "top_colours": 2})
+
     image_data: str = Field(
         min_length=1,
         max_length=MAX_IMAGE_B64_CHARS,
@@ -139,6 +159,8 @@ class AnalyzeParams(_Params):
 
 
 class ContentParams(_Params):
+    model_config = examples({"text": "# One\nAlice met Bob.\n# Two\nBob waved to Alice.", "title": "Canary"})
+
     text: str = Field(min_length=1, max_length=1_000_000)
     title: str | None = Field(default=None, max_length=200)
     chapter_words: int = Field(
@@ -147,6 +169,8 @@ class ContentParams(_Params):
 
 
 class LogParams(_Params):
+    model_config = examples({"event": CANARY_EVENT, "level": "debug"})
+
     event: str = Field(min_length=1, max_length=200)
     level: Literal["debug", "info", "warning", "error"] = "info"
     data: dict[str, Any] = Field(default_factory=dict)
@@ -162,12 +186,31 @@ class LogParams(_Params):
         return value
 
 
+def soft_time_limit() -> float:
+    """STACK_TASK_SOFT_TIME_LIMIT, read when params are checked (see max_image_pixels)."""
+    return get_settings().task_soft_time_limit
+
+
 class DemoParams(_Params):
-    seconds: float = Field(default=1.0, ge=0, le=3600)
+    seconds: float = Field(
+        default=1.0, ge=0, le=3600, description="at most STACK_TASK_SOFT_TIME_LIMIT (300 s by default)"
+    )
     steps: int = Field(default=10, ge=1, le=1000)
     fail_at: int | None = Field(default=None, ge=1)
     transient_failures: int = Field(default=0, ge=0, le=100)
     message: str = Field(default="working", max_length=200)
+
+    @field_validator("seconds")
+    @classmethod
+    def _within_time_limit(cls, value: float) -> float:
+        # Longer would be stopped by the soft time limit every time: a failure, not a demo.
+        limit = soft_time_limit()
+        if value >= limit:
+            raise ValueError(
+                f"seconds ({value:g}) must be below the soft time limit of {limit:g} s "
+                "(STACK_TASK_SOFT_TIME_LIMIT): ask for less, or raise the setting"
+            )
+        return value
 
     @field_validator("fail_at")
     @classmethod

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stack.config import Settings, derive_namespace, key_prefix
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +73,11 @@ def _parent_death_signal() -> Callable[[], None] | None:
         prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
     return set_signal
+
+
+# The Redis namespace of the stacks started here (the default kinds, hence STACK_NAMESPACE=app):
+# their workers answer pings, and their events travel, under it.
+STACK_PREFIX = key_prefix(derive_namespace(str(Settings.model_fields["kinds"].default)))
 
 
 @dataclass
@@ -287,11 +294,16 @@ def _is_spawned_worker(child: object) -> bool:
     return "spawn_main" in " ".join(command) or ("uvicorn" in command and "--fd" in command)
 
 
-def worker_nodes(broker_url: str, prefix: str = "", *, timeout: float = 1.0) -> list[str]:
-    """Node names (`name@host`) of the workers that answer a broadcast ping, filtered by prefix."""
+def worker_nodes(
+    broker_url: str, prefix: str = "", *, timeout: float = 1.0, key_prefix: str = STACK_PREFIX
+) -> list[str]:
+    """Node names (`name@host`) of the workers that answer a broadcast ping, filtered by prefix.
+    `key_prefix`: the workers' Redis namespace (STACK_NAMESPACE, by default the kinds' package)."""
     from celery import Celery
 
     app = Celery("loadtests-ping", broker=broker_url, set_as_current=False)
+    if key_prefix:
+        app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
     app.conf.broker_connection_retry_on_startup = False
     app.conf.broker_connection_timeout = timeout
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from stack import roles
 from stack.config import Role, Settings, describe_settings, get_settings, redact_url
 from stack.errors import ConfigError, StackError
-from stack.logs import configure_logging
+from stack.logs import configure_for
 
 log = logging.getLogger("stack.cli")
 
@@ -44,7 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
         "options pass through to the underlying command (uvicorn, celery worker, ...).",
     )
     run.add_argument("role", nargs="?", choices=[r.value for r in Role])
-    run.add_argument("--reload", action="store_true", help="restart on code change or crash")
+    run.add_argument("--reload", action="store_true", help="restart on code change or crash (implies --name)")
+    run.add_argument(
+        "--name",
+        help="run under a supervisor named NAME (default with --reload: the role): `stack ps` lists it, "
+        "`stack restart NAME` restarts it; the dev Procfile passes each line's name",
+    )
+    # Set by the --reload supervisor for its api child: one SO_REUSEPORT socket even for one worker.
+    run.add_argument("--handover", action="store_true", help=argparse.SUPPRESS)
+    ps = commands.add_parser(
+        "ps",
+        help="list the running dev stack's processes: name, pid, state, uptime, restarts",
+        description="Run in the project folder while `make dev` runs: the processes started with "
+        "--reload or --name (every line of the dev Procfile).",
+    )
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
+    restart = commands.add_parser(
+        "restart",
+        help="restart one process of the running dev stack (`stack restart worker`)",
+        description="Restart one Procfile line's process and nothing else; wait until it runs again.",
+    )
+    restart.add_argument("name", help="its name in the Procfile (web, worker, beat, ...)")
     commands.add_parser("config", help="print the effective settings, passwords hidden")
     doctor = commands.add_parser(
         "doctor",
@@ -91,7 +111,7 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
-def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
+def run_role(role: Role, settings: Settings, extra: Sequence[str], *, handover: bool = False) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if role is Role.MIGRATE:
         _migrate(settings)
@@ -112,8 +132,11 @@ def run_role(role: Role, settings: Settings, extra: Sequence[str]) -> int:
     if role is Role.API:
         from stack.api.auth import resolve_auth
 
-        resolve_auth(settings)  # an API open to anyone in production stops here, naming the fix
-    launch = roles.launch_for(role, settings, extra, all_queues=registry.queues())
+        resolve_auth(settings, warn=False)  # an API open to anyone in production stops here, naming the fix
+    if role is Role.API and handover:
+        launch = roles.api(settings, extra, handover=True)
+    else:
+        launch = roles.launch_for(role, settings, extra, all_queues=registry.queues())
     for warning in launch.warnings:
         log.warning(warning)
     if launch.migrate_first:
@@ -153,11 +176,56 @@ def _sweep(settings: Settings) -> int:
     return 1 if report.broker_down else 0
 
 
-def _reload(role: Role, extra: Sequence[str]) -> int:
-    from stack.reload import Supervisor
+def _supervise(role: Role, settings: Settings, extra: Sequence[str], *, name: str, watch: bool) -> int:
+    from stack.api.workers import supported
+    from stack.dev.control import Registration
+    from stack.dev.readiness import wait_for_broker
+    from stack.reload import ApiLauncher, Launcher, ProcessLauncher, Supervisor
 
-    argv = [sys.executable, "-m", "stack", "run", role.value, *extra]
-    return Supervisor(argv, watch_dir=Path.cwd()).run()
+    argv = [sys.executable, "-m", "stack", "run", role.value]
+    launcher: Launcher
+    if role is Role.API and supported():
+        launcher = ApiLauncher(
+            [*argv, "--handover", *extra],
+            reload_argv=roles.api(settings, extra, handover=True).argv,
+            port=settings.port,
+            workers=settings.web_concurrency,
+        )
+    else:
+        launcher = ProcessLauncher([*argv, *extra])
+    needs_broker = role in (Role.API, Role.WORKER, Role.BEAT, Role.FLOWER)
+    supervisor = Supervisor(
+        launcher,
+        name=name,
+        watch_dir=Path.cwd() if watch else None,
+        registration=Registration(settings.data_dir, name=name, role=role.value),
+        before_first_start=(lambda: wait_for_broker(settings, timeout=settings.broker_wait))
+        if needs_broker
+        else None,
+    )
+    supervisor.install_signal_handlers()
+    return supervisor.run()
+
+
+def _ps(settings: Settings, *, as_json: bool) -> int:
+    import json
+    from dataclasses import asdict
+
+    from stack.dev.control import find, render, running
+
+    states = running(settings.data_dir)
+    if not states:
+        find(settings.data_dir, "")  # raises the error that says how to start the stack
+    print(json.dumps([asdict(s) for s in states]) if as_json else render(states))
+    return 0
+
+
+def _restart(settings: Settings, name: str) -> int:
+    from stack.dev.control import restart
+
+    before, after = restart(settings.data_dir, name)
+    print(f"{name}: restarted (pid {before.pid or '-'} -> {after.pid})")
+    return 0
 
 
 def _resolve_role(name: str | None, settings: Settings) -> Role:
@@ -201,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
         # Doctor's report is its output; library chatter at INFO would interleave with it.
         quiet = "warning" if args.command == "doctor" else settings.log_level
-        configure_logging("debug" if args.verbose else quiet)
+        configure_for(settings, level="debug" if args.verbose else quiet)
         if args.command == "doctor":
             return _doctor(args, settings)
         if args.command == "sweep":
@@ -210,10 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, value in settings.model_dump(mode="json").items():
                 print(f"{name} = {_config_value(name, value)}")
             return 0
+        if args.command == "ps":
+            return _ps(settings, as_json=args.json)
+        if args.command == "restart":
+            return _restart(settings, args.name)
         role = _resolve_role(args.role, settings)
-        if args.reload:
-            return _reload(role, extra)
-        return run_role(role, settings, extra)
+        if args.reload or args.name:
+            return _supervise(role, settings, extra, name=args.name or role.value, watch=args.reload)
+        return run_role(role, settings, extra, handover=args.handover)
     except StackError as exc:
         if args.verbose:
             log.exception("stack failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,9 @@ from stack.errors import ConfigError
 from stack.urls import redact_url
 
 ALL_QUEUES = "all"
+# A namespace goes into every Redis key and channel name: letters, digits and `_.-` only, so it
+# never contains the `:` that separates it from the key, nor a glob character.
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 VISIBILITY_MARGIN = 60.0  # the default visibility timeout outlasts the longest time limit by this
 
 
@@ -96,8 +100,18 @@ class Settings(BaseSettings):
 
     # --- ours (STACK_*) -----------------------------------------------------------------------------
     kinds: str = Field("app.kinds:registry", description="module:attr of the JobRegistry to serve")
+    namespace: str | None = Field(
+        None,
+        description="prefix of every Redis key, queue and channel of this app, so apps sharing a "
+        "Redis never exchange jobs; '' for none; default: the top-level package of STACK_KINDS",
+    )
     data_dir: Path = Field(Path(".stack"), description="embedded Redis/SQLite data and storage")
     storage_dir: Path | None = Field(None, description="where job outputs go; default DATA_DIR/files")
+    procfile: Path | None = Field(
+        None,
+        description="the Procfile the stack runs from, quoted in doctor's fixes; default: a running "
+        "honcho's, else ./Procfile",
+    )
     redis_port: int = Field(6379, ge=1, le=65535, description="port of the embedded Redis")
     migrate_on_start: bool = Field(True, description="run migrations when the api role starts")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body limit")
@@ -142,6 +156,9 @@ class Settings(BaseSettings):
         0.25, ge=0, description="minimum seconds between two progress writes of one job"
     )
     broker_timeout: float = Field(2.0, gt=0, description="seconds to wait for the broker")
+    broker_wait: float = Field(
+        30.0, ge=0, description="seconds a supervised role (--reload, --name) waits for the broker to start"
+    )
     # --- who may call the API, and how much of it --------------------------------------------------
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -167,13 +184,29 @@ class Settings(BaseSettings):
     )
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = Field(None, description="user:password, required in production")
-    log_level: str = Field("info")
+    log_level: str = Field("info", description="debug | info | warning | error | critical")
+    log_format: str | None = Field(
+        None, description="text (LEVEL logger: message) | json (an object a line); default json in production"
+    )
 
     @field_validator("worker_queues", "api_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value and not NAMESPACE_PATTERN.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+                "(it prefixes Redis keys); e.g. STACK_NAMESPACE=myapp, or STACK_NAMESPACE= for none"
+            )
         return value
 
     @field_validator("database_url")
@@ -242,6 +275,18 @@ class Settings(BaseSettings):
         return (self.storage_dir or self.data_dir / "files").resolve()
 
     @property
+    def effective_namespace(self) -> str:
+        """STACK_NAMESPACE, else derived from STACK_KINDS: the API and the workers must agree on
+        the kinds anyway, so they agree on this too (a folder name could differ between them)."""
+        return namespace_of(namespace=self.namespace, kinds=self.kinds)
+
+    @property
+    def redis_prefix(self) -> str:
+        """What every Redis key and channel of this app starts with: kombu's global_keyprefix for
+        the queues (`app:content` is the list a KEDA Redis scaler watches), and our own keys."""
+        return key_prefix(self.effective_namespace)
+
+    @property
     def effective_visibility_timeout(self) -> float:
         return self.visibility_timeout or self.task_time_limit + VISIBILITY_MARGIN
 
@@ -250,7 +295,23 @@ class Settings(BaseSettings):
         return {
             "broker": _digest(self.broker_url),
             "database": _digest(self.effective_database_url),
+            "namespace": self.effective_namespace,
         }
+
+
+def namespace_of(*, namespace: str | None, kinds: str) -> str:
+    return namespace.strip() if namespace is not None else derive_namespace(kinds)
+
+
+def key_prefix(namespace: str) -> str:
+    return f"{namespace}:" if namespace else ""
+
+
+def derive_namespace(kinds: str) -> str:
+    """`app.kinds:registry` -> `app`: the top-level package of the kinds, made a valid namespace."""
+    package = kinds.split(":", 1)[0].split(".", 1)[0].strip()
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", package).strip("-_.")[:64]
+    return cleaned or "stack"
 
 
 def _digest(value: str) -> str:

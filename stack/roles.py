@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stack.api import workers as api_workers
 from stack.config import ALL_QUEUES, Role, Settings
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 CELERY_APP = "stack.worker:app"
 API_FACTORY = "stack.api.app:create_app_from_env"
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet", "processes")
+# uvicorn's own lines (access log included) through stack's one handler and format (stack.logs).
+UVICORN_LOG_CONFIG = Path(__file__).with_name("uvicorn_log_config.json")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ def _python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+# Before a worker's or beat's subcommand: no ASCII-art banner. The worker logs its queues and
+# kinds in one line instead (stack.jobs.supervision); Celery logs through stack's handler and
+# format (stack.jobs.celery_app). Flower keeps its banner: its "Visit me at" line.
+NO_BANNER = "--quiet"
+
+
 def _celery(*args: str) -> list[str]:
     return [*_python_module("celery"), "-A", CELERY_APP, *args]
 
@@ -48,12 +57,18 @@ def worker_queues(settings: Settings, all_queues: Sequence[str]) -> list[str]:
     return queues
 
 
-def api(settings: Settings, extra: Sequence[str] = (), *, reuseport: bool | None = None) -> Launch:
+def api(
+    settings: Settings, extra: Sequence[str] = (), *, reuseport: bool | None = None, handover: bool = False
+) -> Launch:
+    """`handover` (the --reload supervisor's api): SO_REUSEPORT sockets even for one worker, so
+    the next API can bind the port while this one still serves (stack/reload.py)."""
     served = [
         "--factory",
         API_FACTORY,
         "--log-level",
         settings.log_level.lower(),
+        "--log-config",
+        str(UVICORN_LOG_CONFIG),
         # Open event streams would hold a shutdown up to STACK_SSE_MAX_SECONDS; clients
         # reconnect and resume (Last-Event-ID), so a deploy need not wait for them.
         "--timeout-graceful-shutdown",
@@ -62,7 +77,7 @@ def api(settings: Settings, extra: Sequence[str] = (), *, reuseport: bool | None
     ]
     address = ["--host", settings.host, "--port", str(settings.port)]
     balanced = api_workers.supported() if reuseport is None else reuseport
-    if settings.web_concurrency > 1 and balanced:
+    if balanced and (settings.web_concurrency > 1 or handover):
         # One listening socket per uvicorn process: connections spread evenly (stack/api/workers.py).
         workers = ["--workers", str(settings.web_concurrency)]
         argv = [*_python_module("stack.api.workers"), *address, *workers, "--", *served]
@@ -93,6 +108,7 @@ def worker(
     serves_all = ALL_QUEUES in settings.worker_queues
     name = settings.worker_name or f"{'worker' if serves_all else '-'.join(queues)}@%h"
     argv = _celery(
+        NO_BANNER,
         "worker",
         "--queues",
         ",".join(queues),
@@ -115,7 +131,7 @@ def worker(
 
 def beat(settings: Settings, extra: Sequence[str] = ()) -> Launch:
     schedule = settings.data_dir.resolve() / "celerybeat-schedule"
-    argv = _celery("beat", "--loglevel", settings.log_level.upper(), "--schedule", str(schedule))
+    argv = _celery(NO_BANNER, "beat", "--loglevel", settings.log_level.upper(), "--schedule", str(schedule))
     return Launch(argv=[*argv, *extra])
 
 
@@ -131,7 +147,10 @@ def flower(settings: Settings, extra: Sequence[str] = ()) -> Launch:
             "flower exposes every task's arguments and can revoke them: with APP_ENV=production "
             "set STACK_FLOWER_BASIC_AUTH=user:password"
         )
-    argv = _celery("flower", f"--port={settings.flower_port}", f"--address={settings.host}", *extra)
+    # Flower has no logging hook: `stack.logs` sets stack's handler up before Celery's command
+    # line starts it, and --logging=none keeps tornado from adding its own format.
+    flower_args = [f"--port={settings.flower_port}", f"--address={settings.host}", "--logging=none"]
+    argv = [*_python_module("stack.logs"), "-A", CELERY_APP, "flower", *flower_args, *extra]
     return Launch(argv=argv, env=env)
 
 

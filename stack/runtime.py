@@ -18,6 +18,7 @@ from stack.config import Settings
 from stack.db import engine_from_settings
 from stack.jobs.events import EventPublisher, NullPublisher, RedisPublisher
 from stack.jobs.metrics import MetricsRecorder, NullRecorder, RedisRecorder
+from stack.jobs.outbox import RedisOutbox
 from stack.jobs.registry import JobRegistry, load_registry
 from stack.jobs.runner import JobRunner, LivenessPolicy, RetryPolicy
 from stack.jobs.store import JobStore
@@ -47,12 +48,27 @@ class Runtime:
         )
 
     @functools.cached_property
+    def outbox(self) -> RedisOutbox | None:
+        """Events and metrics leave the job's path here: one pipeline for many (stack.jobs.outbox)."""
+        return None if self.event_redis is None else RedisOutbox(self.event_redis)
+
+    @functools.cached_property
     def publisher(self) -> EventPublisher:
-        return NullPublisher() if self.event_redis is None else RedisPublisher(self.event_redis)
+        if self.event_redis is None:
+            return NullPublisher()
+        return RedisPublisher(self.event_redis, prefix=self.settings.redis_prefix, outbox=self.outbox)
 
     @functools.cached_property
     def metrics(self) -> MetricsRecorder:
-        return NullRecorder() if self.event_redis is None else RedisRecorder(self.event_redis)
+        if self.event_redis is None:
+            return NullRecorder()
+        return RedisRecorder(self.event_redis, prefix=self.settings.redis_prefix, outbox=self.outbox)
+
+    def close(self) -> None:
+        """Send what the outbox still holds: a process's shutdown (the API's, a worker's)."""
+        outbox = self.__dict__.get("outbox")  # never built: nothing was sent
+        if outbox is not None:
+            outbox.close()
 
     @functools.cached_property
     def runner(self) -> JobRunner:

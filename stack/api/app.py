@@ -29,7 +29,7 @@ from stack.jobs.fanout import EventHub
 from stack.jobs.hints import HintCache, probe_view
 from stack.jobs.registry import JobRegistry
 from stack.jobs.service import JobService
-from stack.logs import configure_logging
+from stack.logs import configure_for
 from stack.runtime import build_runtime
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         settings.effective_redis_url if celery is not None else None,
         max_streams=settings.sse_max_streams,
         connect_timeout=settings.broker_timeout,
+        prefix=settings.redis_prefix,
     )
 
     service = JobService(runtime, celery)
@@ -146,6 +147,7 @@ def _hint_cache(settings: Settings, celery: Celery | None, registry: JobRegistry
         probe_view,
         celery,
         broker_url=settings.broker_url,
+        prefix=settings.redis_prefix,
         queues=registry.queues(),
         timeout=min(settings.broker_timeout, 2.0),
     )
@@ -154,5 +156,5 @@ def _hint_cache(settings: Settings, celery: Celery | None, registry: JobRegistry
 
 def create_app_from_env() -> FastAPI:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_for(settings)  # uvicorn started without stack.roles' --log-config logs in its own format
     return create_app(settings)

@@ -160,7 +160,7 @@ async def open_access() -> Principal:
     return ANONYMOUS
 
 
-def resolve_auth(settings: Settings) -> Callable[..., Any]:
+def resolve_auth(settings: Settings, *, warn: bool = True) -> Callable[..., Any]:
     """The authenticator the settings ask for. With nothing configured the API is open in
     development and refuses to start in production, naming the settings that fix it."""
     if settings.auth and settings.auth.strip().lower() == OPEN:
@@ -175,9 +175,11 @@ def resolve_auth(settings: Settings) -> Callable[..., Any]:
             "more long random tokens, or STACK_AUTH=package.module:dependency to use your app's own "
             "login, or STACK_AUTH=none to serve the API to anyone who can reach it"
         )
-    log.warning(
-        "the API is open to anyone who can reach it (development; set STACK_API_TOKENS to require a token)"
-    )
+    if warn:
+        log.warning(
+            "the API is open to anyone who can reach it "
+            "(development; set STACK_API_TOKENS to require a token)"
+        )
     return open_access
 
 

@@ -72,8 +72,10 @@ class StackCollector(Collector):
             url = settings.effective_redis_url
             timeout = min(settings.broker_timeout, BROKER_TIMEOUT)
             client = redis_client(url, timeout=timeout)  # connects on first use, not here
-            known = recorded.known_series(registry)
-            self.recorded = Cached(lambda: recorded.read_recorded(client, known=known), seconds=CACHE_SECONDS)
+            known, prefix = recorded.known_series(registry), settings.redis_prefix
+            self.recorded = Cached(
+                lambda: recorded.read_recorded(client, known=known, prefix=prefix), seconds=CACHE_SECONDS
+            )
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(

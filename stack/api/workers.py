@@ -10,11 +10,19 @@ Here each process listens on a socket of its own, all bound to the same port wit
 The supervisor binds each socket, hands it to a plain `uvicorn --fd` child (so every uvicorn
 flag still works), keeps one child per socket alive (a crashed one is replaced, with backoff),
 and forwards SIGTERM/SIGINT for a graceful stop. It never accepts a connection itself.
+
+The same sockets make a reload seamless (`stack run api --reload`, stack/reload.py): a new API
+binds the port while the old one still serves. A socket is bound here but *listened on* by
+uvicorn (asyncio's `create_server` calls `listen()`) once the app has started, so a new API whose
+code is broken never takes a share of the connections; at stop, the sockets stop listening
+before uvicorn drains, so new connections go to the other API at once instead of waiting in a
+queue nobody accepts from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+from stack.config import get_settings
+from stack.dev.children import spawn
+from stack.logs import configure_for
+
 log = logging.getLogger("stack.api.workers")
 
 BACKLOG = 2048
@@ -38,7 +50,7 @@ def supported() -> bool:
     return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
 
 
-def reuseport_socket(host: str, port: int) -> socket.socket:
+def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,8 +60,20 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     # ~40 ms on Nagle's algorithm for every response larger than one packet.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(BACKLOG)
+    if listen:
+        sock.listen(BACKLOG)
     return sock
+
+
+def listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+def stop_listening(sock: socket.socket) -> None:
+    """Take the socket out of the port's SO_REUSEPORT group for every process holding it (its
+    uvicorn child keeps a copy of the descriptor open until it exits)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
 
 
 @dataclass
@@ -76,7 +100,9 @@ class ReusePortSupervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        slots = [Slot(n, reuseport_socket(self.host, self.port)) for n in range(1, self.workers + 1)]
+        slots = [
+            Slot(n, reuseport_socket(self.host, self.port, listen=False)) for n in range(1, self.workers + 1)
+        ]
         log.info(
             "api: %d uvicorn workers on http://%s:%d, one SO_REUSEPORT socket each",
             self.workers,
@@ -86,7 +112,9 @@ class ReusePortSupervisor:
         try:
             for slot in slots:
                 self._spawn(slot)
-            while not self._stop.wait(0.5):
+            while not self._stop.wait(0.2):
+                if self._never_served(slots):
+                    return 1
                 for slot in slots:
                     self._replace_if_dead(slot)
         finally:
@@ -97,9 +125,24 @@ class ReusePortSupervisor:
         fd = slot.sock.fileno()
         # --workers 1: uvicorn would otherwise read WEB_CONCURRENCY and fork its own workers.
         argv = [sys.executable, "-m", "uvicorn", "--fd", str(fd), "--workers", "1", *self.uvicorn_args]
-        slot.process = subprocess.Popen(argv, pass_fds=(fd,))
+        slot.process = spawn(argv, pass_fds=(fd,))  # stopped by the kernel if we are killed
         slot.started_at = time.monotonic()
         log.info("api worker %d started (pid %d)", slot.number, slot.process.pid)
+
+    @staticmethod
+    def _never_served(slots: Sequence[Slot]) -> bool:
+        """A worker died before any socket was listened on: the app cannot start (broken code,
+        bad settings). Starting it again would print the same traceback every few seconds; exit,
+        and let whoever started us (the --reload supervisor, an orchestrator) decide."""
+        dead = [s for s in slots if s.process is not None and s.process.poll() is not None]
+        if not dead or any(listening(s.sock) for s in slots):
+            return False
+        log.error(
+            "api worker %d exited with %s before the app served a request; stopping",
+            dead[0].number,
+            dead[0].process.returncode if dead[0].process else None,
+        )
+        return True
 
     def _replace_if_dead(self, slot: Slot) -> None:
         process = slot.process
@@ -120,6 +163,8 @@ class ReusePortSupervisor:
             self._spawn(slot)
 
     def _stop_all(self, slots: Sequence[Slot]) -> None:
+        for slot in slots:
+            stop_listening(slot.sock)
         running = [s.process for s in slots if s.process is not None and s.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
@@ -143,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, uvicorn_args = parser.parse_known_args(argv)
     if uvicorn_args[:1] == ["--"]:
         uvicorn_args = uvicorn_args[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s")
+    configure_for(get_settings())  # the roles' one format (STACK_LOG_FORMAT)
     try:
         supervisor = ReusePortSupervisor(
             host=args.host, port=args.port, workers=args.workers, uvicorn_args=uvicorn_args

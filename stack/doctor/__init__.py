@@ -19,11 +19,12 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine
 
 from stack.config import Settings, redact_url
-from stack.doctor import checks, queues
+from stack.doctor import checks, namespaces, queues
 from stack.doctor.canary import run_canaries
 from stack.doctor.probe import (
     FINGERPRINT_COMMAND,
     WorkerView,
+    celery_bindings,
     gather_workers,
     in_parallel,
     is_redis_url,
@@ -34,7 +35,7 @@ from stack.doctor.probe import (
     redis_client,
     with_db,
 )
-from stack.doctor.procfiles import worker_lines
+from stack.doctor.procfiles import running_procfile, worker_lines
 from stack.doctor.result import CheckResult, Status, all_passed, fail, ok, warn
 from stack.jobs.celery_app import create_celery
 from stack.jobs.registry import JobRegistry, load_registry
@@ -138,7 +139,9 @@ def _celery_checks(
     routes = queues.routes_of(app.conf.task_routes or {}, registry)
     facts = _gather(settings, app, list(routes), engine, timeout=timeout, inspect_timeout=inspect_timeout)
     view: WorkerView = facts["workers"] if isinstance(facts["workers"], WorkerView) else WorkerView()
-    lines = worker_lines(root)
+    lines = worker_lines(
+        root, running=(root / settings.procfile) if settings.procfile else running_procfile(root)
+    )
     broker = redact_url(settings.broker_url)
     results = queues.check_workers(view, broker=broker, lines=lines, timeout=inspect_timeout)
     elsewhere = facts["elsewhere"] if isinstance(facts["elsewhere"], dict) else {}
@@ -146,6 +149,12 @@ def _celery_checks(
         view, own=settings.fingerprint(), registry=registry, elsewhere=elsewhere, broker=broker
     )
     results += _unknown_facts(facts)
+    if isinstance(facts["bindings"], dict):
+        results.append(
+            namespaces.check_namespace(
+                facts["bindings"], namespace=settings.effective_namespace, queues=["default", *routes]
+            )
+        )
     results += queues.check_queues(
         routes,
         view,
@@ -169,7 +178,14 @@ def _celery_checks(
     )
     if canary_timeout is not None and engine is not None:
         served = [q for q in registry.queues() if view.consumers(q)]
-        results += run_canaries(app, JobStore(engine), registry, served, timeout=canary_timeout)
+        results += run_canaries(
+            app,
+            JobStore(engine),
+            registry,
+            served,
+            timeout=canary_timeout,
+            storage_dir=settings.effective_storage_dir,
+        )
     return results
 
 
@@ -183,33 +199,42 @@ def _gather(
     inspect_timeout: float,
 ) -> dict[str, Any]:
     """Workers, workers on other Redis databases, queue depths and pending jobs, all at once."""
-    url = settings.broker_url
+    url, prefix = settings.broker_url, settings.redis_prefix
     redis_broker = is_redis_url(url)
 
     def depths() -> dict[str, int] | None:
         if not redis_broker:
             return None
         with redis_client(url, timeout=timeout) as client:
-            return queue_depths(client, routed)
+            return queue_depths(client, routed, prefix=prefix)
+
+    def bindings() -> dict[str, set[str]] | None:
+        if not redis_broker:
+            return None
+        with redis_client(url, timeout=timeout) as client:
+            return celery_bindings(client)
 
     calls = {
         "workers": lambda: gather_workers(app, timeout=inspect_timeout),
         "elsewhere": lambda: (
-            scan_other_dbs(url, timeout=timeout, inspect_timeout=inspect_timeout) if redis_broker else {}
+            scan_other_dbs(url, timeout=timeout, inspect_timeout=inspect_timeout, prefix=prefix)
+            if redis_broker
+            else {}
         ),
         "depths": depths,
+        "bindings": bindings,
         "pending": lambda: pending_by_queue(engine) if engine is not None else None,
     }
     return in_parallel(calls, seconds=inspect_timeout + 2 * timeout + 1)
 
 
-def scan_other_dbs(url: str, *, timeout: float, inspect_timeout: float) -> dict[str, WorkerView]:
+def scan_other_dbs(url: str, *, timeout: float, inspect_timeout: float, prefix: str) -> dict[str, WorkerView]:
     """Workers answering on the other Redis databases of the broker's server, by redacted URL:
     the usual shape of "the worker has another REDIS_URL" on one machine."""
-    urls = [with_db(url, db) for db in other_celery_dbs(url, timeout=timeout)]
+    urls = [with_db(url, db) for db in other_celery_dbs(url, timeout=timeout, prefix=prefix)]
 
     def ask(other: str) -> WorkerView:
-        app = probe_app(other, timeout=timeout)
+        app = probe_app(other, timeout=timeout, prefix=prefix)
         try:
             return gather_workers(
                 app, timeout=inspect_timeout, commands=("active_queues", FINGERPRINT_COMMAND)
@@ -231,6 +256,7 @@ def _unknown_facts(facts: dict[str, Any]) -> list[CheckResult]:
         "workers": "workers",
         "elsewhere": "other brokers",
         "depths": "queue depths",
+        "bindings": "namespace",
         "pending": "pending jobs",
     }
     return [

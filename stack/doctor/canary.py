@@ -1,16 +1,19 @@
 """The canary: one real job through each queue, as the API would send it (row first, then the
 message), timed until the worker marks it done. Proves broker -> worker -> database end to end.
 
-A queue gets a canary only when one of its kinds runs with default params: `demo` preferred (with
-seconds=0, and its message param set to "stack doctor canary" so the row can be told apart), else
-the first kind whose params model accepts `{}`.
+Each queue's canary is its cheapest kind that can run: `demo` preferred (seconds=0), else the
+first kind whose params model validates one of its JSON-schema `examples` (an app gives a kind
+cheap example params to have it canaried), else `{}`. Canary rows are marked (`canary`, left out
+of GET /api/jobs unless `?canary=true`) and the files they wrote are removed after the check.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -18,7 +21,7 @@ from pydantic import ValidationError
 
 from stack.doctor.result import CheckResult, fail, ok, warn
 from stack.jobs.models import Job, JobStatus
-from stack.jobs.registry import JobKind, JobRegistry
+from stack.jobs.registry import JobKind, JobRegistry, outputs_dir
 from stack.jobs.service import publish
 from stack.jobs.store import JobStore
 
@@ -48,10 +51,16 @@ class Canary:
     took: float = 0.0
 
 
+def candidate_params(kind: JobKind) -> list[dict[str, Any]]:
+    """Params to try, cheapest first: ours for known kinds, the model's examples, the defaults."""
+    examples = kind.params.model_json_schema().get("examples") or []
+    return [*CHEAP_PARAMS.get(kind.name, []), *(e for e in examples if isinstance(e, dict)), {}]
+
+
 def pick(registry: JobRegistry, queue: str) -> tuple[JobKind, dict[str, Any]] | None:
     kinds = sorted((k for k in registry if k.queue == queue), key=lambda k: (k.name != "demo", k.name))
     for kind in kinds:
-        for raw in [*CHEAP_PARAMS.get(kind.name, []), {}]:
+        for raw in candidate_params(kind):
             try:
                 return kind, kind.validate(raw).model_dump(mode="json")
             except ValidationError:
@@ -60,9 +69,16 @@ def pick(registry: JobRegistry, queue: str) -> tuple[JobKind, dict[str, Any]] | 
 
 
 def run_canaries(
-    app: Celery, store: JobStore, registry: JobRegistry, queues: list[str], *, timeout: float
+    app: Celery,
+    store: JobStore,
+    registry: JobRegistry,
+    queues: list[str],
+    *,
+    timeout: float,
+    storage_dir: Path | None = None,
 ) -> list[CheckResult]:
-    """One canary per queue, all in flight at once, so the slowest queue bounds the wait."""
+    """One canary per queue, all in flight at once, so the slowest queue bounds the wait. The
+    files the canaries wrote under `storage_dir` (STACK_STORAGE_DIR) are removed afterwards."""
     results: list[CheckResult] = []
     canaries: list[Canary] = []
     for queue in queues:
@@ -71,8 +87,9 @@ def run_canaries(
             results.append(
                 warn(
                     f"canary {queue}",
-                    f"skipped: no kind on queue '{queue}' runs with default params",
-                    "give one of its kinds defaults for every param to have it tested end to end",
+                    f"skipped: no kind on queue '{queue}' has params it can run with",
+                    "give one of its kinds' params models cheap `examples` (pydantic "
+                    "json_schema_extra) or defaults for every param, to have it tested end to end",
                 )
             )
             continue
@@ -81,6 +98,10 @@ def run_canaries(
         _send(app, store, canary)
     _wait(store, [c for c in canaries if not c.error], timeout=timeout)
     results += [_judge(store, canary, timeout) for canary in canaries]
+    if storage_dir is not None:
+        for canary in canaries:
+            if canary.job_id:  # a canary still running writes after this: rare, and harmless
+                shutil.rmtree(outputs_dir(storage_dir, canary.job_id), ignore_errors=True)
     return sorted(results, key=lambda r: r.name)
 
 
@@ -89,7 +110,7 @@ def _send(app: Celery, store: JobStore, canary: Canary) -> None:
     kind = canary.kind
     try:
         canary.sent_at = time.monotonic()
-        canary.job_id = store.create(kind=kind.name, queue=canary.queue, params=canary.params).id
+        canary.job_id = store.create(kind=kind.name, queue=canary.queue, params=canary.params, canary=True).id
     except Exception as exc:  # a database error is the finding itself
         canary.error = f"{type(exc).__name__}: {exc}"
         return

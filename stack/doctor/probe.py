@@ -32,6 +32,8 @@ BEAT_NODE_PREFIX = "celerybeat@"  # Celery >= 5.7 beat answers pings under this 
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 UNACKED_KEY = "unacked"  # kombu's Redis transport default
 PIDBOX_BINDING_KEY = "_kombu.binding.celery.pidbox"  # exists in every Redis db Celery workers use
+BINDING_MARK = "_kombu.binding."  # kombu's exchange tables: `<global_keyprefix>_kombu.binding.<exchange>`
+BINDING_SEPARATOR = "\x06\x16"  # between routing key, pattern and queue in a table's members
 
 T = TypeVar("T")
 
@@ -76,14 +78,19 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]], *, seconds: float) -> di
     }
 
 
-def probe_app(url: str, *, timeout: float) -> Celery:
-    """A bare Celery app for broadcasts to a broker, which gives up instead of retrying."""
+def probe_app(url: str, *, timeout: float, prefix: str) -> Celery:
+    """A bare Celery app for broadcasts to a broker, which gives up instead of retrying. `prefix`
+    (Settings.redis_prefix) is the namespace whose workers it reaches: their mailboxes are
+    prefixed like every other key of theirs."""
     app = Celery("stack-doctor", broker=url, set_as_current=False)
+    options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if prefix:
+        options["global_keyprefix"] = prefix
     app.conf.update(
         accept_content=["json"],
         broker_connection_timeout=timeout,
         broker_connection_retry=False,
-        broker_transport_options={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+        broker_transport_options=options,
     )
     return app
 
@@ -173,19 +180,22 @@ def redis_client(url: str, *, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
-def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
-    """Messages waiting in each queue, priority sub-queues included (one round trip)."""
+def queue_depths(client: redis.Redis, queues: Iterable[str], *, prefix: str) -> dict[str, int]:
+    """Messages waiting in each queue of the namespace `prefix` (Settings.redis_prefix: kombu's
+    global_keyprefix), priority sub-queues included (one round trip)."""
     queues = list(queues)
     pipeline = client.pipeline(transaction=False)
     for queue in queues:
         for suffix in PRIORITY_SUFFIXES:
-            pipeline.llen(queue + suffix)
+            pipeline.llen(prefix + queue + suffix)
     lengths = pipeline.execute()
     step = len(PRIORITY_SUFFIXES)
     return {q: int(sum(lengths[i * step : (i + 1) * step])) for i, q in enumerate(queues)}
 
 
-def queue_snapshot(client: redis.Redis, queues: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+def queue_snapshot(
+    client: redis.Redis, queues: Iterable[str], *, prefix: str
+) -> tuple[dict[str, int], set[str]]:
     """At one instant (MULTI/EXEC): the depth of each queue, and the ids of the tasks handed to
     workers and not acknowledged yet (kombu's `unacked` hash: running, reserved, or waiting
     for a retry's countdown)."""
@@ -193,8 +203,8 @@ def queue_snapshot(client: redis.Redis, queues: Iterable[str]) -> tuple[dict[str
     pipeline = client.pipeline(transaction=True)
     for queue in queues:
         for suffix in PRIORITY_SUFFIXES:
-            pipeline.llen(queue + suffix)
-    pipeline.hvals(UNACKED_KEY)
+            pipeline.llen(prefix + queue + suffix)
+    pipeline.hvals(prefix + UNACKED_KEY)
     *lengths, unacked = pipeline.execute()
     step = len(PRIORITY_SUFFIXES)
     depths = {q: int(sum(lengths[i * step : (i + 1) * step])) for i, q in enumerate(queues)}
@@ -211,10 +221,10 @@ def _task_id(raw: bytes) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
-def unacked_count(client: redis.Redis) -> int:
+def unacked_count(client: redis.Redis, *, prefix: str) -> int:
     """Messages delivered to workers and not acknowledged yet (running or reserved): with
     acks_late, a busy worker's jobs sit here, not in the queue."""
-    return int(client.hlen(UNACKED_KEY))
+    return int(client.hlen(prefix + UNACKED_KEY))
 
 
 def redis_db(url: str) -> int:
@@ -226,17 +236,35 @@ def with_db(url: str, db: int) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
 
 
-def other_celery_dbs(url: str, *, timeout: float) -> list[int]:
-    """Other logical databases of the same Redis server that Celery workers have used: where a
-    worker started with another REDIS_URL / CELERY_BROKER_URL db index would be."""
+def other_celery_dbs(url: str, *, timeout: float, prefix: str) -> list[int]:
+    """Other logical databases of the same Redis server that Celery workers of this namespace
+    have used: where a worker started with another REDIS_URL / CELERY_BROKER_URL db index would be."""
     own = redis_db(url)
     with redis_client(url, timeout=timeout) as client:
         indexes = [int(str(name).removeprefix("db")) for name in client.info("keyspace")]
     found = []
     for index in sorted(i for i in indexes if i != own):
         with redis_client(with_db(url, index), timeout=timeout) as other:
-            if other.exists(PIDBOX_BINDING_KEY):
+            if other.exists(prefix + PIDBOX_BINDING_KEY):
                 found.append(index)
+    return found
+
+
+def celery_bindings(client: redis.Redis) -> dict[str, set[str]]:
+    """{key prefix: queues bound} of every Celery (kombu) app whose tables are in this db: each
+    app's `global_keyprefix` ('' for none) and the queues its exchanges route to."""
+    found: dict[str, set[str]] = {}
+    for raw in client.scan_iter(match=f"*{BINDING_MARK}*", count=500):
+        key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        prefix, _, exchange = key.partition(BINDING_MARK)
+        queues = found.setdefault(prefix, set())
+        if exchange.endswith("pidbox") or exchange == "celeryev":
+            continue  # worker mailboxes and events: every app has them, they name no queue
+        if client.type(raw) not in (b"set", "set"):
+            continue
+        for member in client.smembers(raw):
+            text = member.decode(errors="replace") if isinstance(member, bytes) else str(member)
+            queues.add(text.rsplit(BINDING_SEPARATOR, 1)[-1])
     return found
 
 

@@ -36,3 +36,7 @@ class SweepingScheduler(PersistentScheduler):  # type: ignore[misc]
             interval = self._sweeper.runtime.settings.sweep_interval
             self._next_sweep = max(self._next_sweep + interval, time.monotonic())
         return max(0.0, min(wait, self._next_sweep - time.monotonic()))
+
+    def close(self) -> None:
+        super().close()
+        self._sweeper.runtime.close()  # the events and metrics of jobs the last sweep released

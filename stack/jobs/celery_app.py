@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from sqlalchemy.exc import OperationalError
 
 import stack.jobs.control  # noqa: F401  # registers the stack_fingerprint remote-control command in workers
@@ -23,6 +23,7 @@ from stack.jobs.models import JobStatus
 from stack.jobs.registry import TASK_PREFIX, JobKind, JobRegistry
 from stack.jobs.runner import Abandoned, AttemptAbandoned
 from stack.jobs.supervision import JobRequest, Liveness, current_owner
+from stack.logs import configure_for, job_logging
 from stack.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def visibility_timeout(settings: Settings, registry: JobRegistry) -> float:
 def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
     timeout = settings.broker_timeout
     visibility = visibility_timeout(settings, registry)
-    transport_options = {
+    transport_options: dict[str, Any] = {
         # Unacked jobs come back after this long when a whole worker died (SIGKILL, OOM, node
         # lost); the sweep re-queues them much sooner, by liveness (STACK_WORKER_DEAD_AFTER).
         "visibility_timeout": visibility,
@@ -62,6 +63,11 @@ def celery_config(settings: Settings, registry: JobRegistry) -> dict[str, Any]:
         "socket_connect_timeout": timeout,
         "socket_timeout": max(timeout, 5.0),
     }
+    if settings.redis_prefix:
+        # Every key and channel of the broker (and of a Redis result backend) starts with the
+        # namespace: two apps on one Redis each have their own `default` queue, their own
+        # worker mailboxes (pidbox) and their own unacked hash. Other brokers ignore it.
+        transport_options["global_keyprefix"] = settings.redis_prefix
     return {
         # Beat runs the sweep itself, on time even when every worker slot is busy.
         "beat_scheduler": BEAT_SCHEDULER,
@@ -119,7 +125,15 @@ class LazyRuntime:
             if self._runtime is None:
                 self._runtime = build_runtime(self.settings, self.registry)
                 self._pid = os.getpid()
+                # Weakly held (a bound method): an app built and dropped, as tests do, leaves none.
+                signals.worker_process_shutdown.connect(self._on_shutdown)  # a pool process
+                signals.worker_shutdown.connect(self._on_shutdown)  # solo/threads: jobs ran here
             return self._runtime
+
+    def _on_shutdown(self, **_: Any) -> None:
+        """Send the events and metrics the outbox still holds before the process exits."""
+        if self._runtime is not None and self._pid == os.getpid():
+            self._runtime.close()
 
 
 class NotAStackMessage(Exception):
@@ -170,7 +184,8 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
         current = runtime.get()
         owner = current_owner(self.request.hostname)
         try:
-            outcome = current.runner.run(job_id, owner=owner, abandoned=abandoned)
+            with job_logging(job_id, kind.name):
+                outcome = current.runner.run(job_id, owner=owner, abandoned=abandoned)
         except (AttemptAbandoned, OperationalError) as exc:
             # The database went away (restart, failover): nothing about the job could be
             # recorded, so run it again later. A retry of an attempt already claimed carries
@@ -185,9 +200,27 @@ def _register(app: Celery, runtime: LazyRuntime, kind: JobKind) -> None:
             raise self.retry(countdown=outcome.countdown, kwargs={})
 
 
+def use_stack_logging(settings: Settings) -> None:
+    """Celery's worker and beat log through stack's handler and format (stack.logs): a receiver
+    of `setup_logging` stops Celery from installing its own (`[date: LEVEL/Process]`) on the
+    root logger, in the main process and in every pool process alike. `celeryd_init` comes first,
+    before the worker's privilege check warns: its warning is then one line in the same format."""
+
+    def setup(loglevel: int | str | None = None, **_: Any) -> None:
+        configure_for(settings, level=loglevel or None)
+
+    def early(**_: Any) -> None:
+        configure_for(settings)
+
+    # Strong references under fixed ids: one receiver per process, whichever app connected first.
+    signals.setup_logging.connect(setup, weak=False, dispatch_uid="stack.logs.setup_logging")
+    signals.celeryd_init.connect(early, weak=False, dispatch_uid="stack.logs.celeryd_init")
+
+
 def create_celery(settings: Settings, registry: JobRegistry) -> Celery:
     app = Celery("stack", set_as_current=False)
     app.conf.update(celery_config(settings, registry))
+    use_stack_logging(settings)
     app.stack_runtime = LazyRuntime(settings, registry)  # type: ignore[attr-defined]
     app.steps["worker"].add(Liveness)
     for kind in registry:

@@ -4,18 +4,17 @@ so a lost event costs a client one poll, never a job."""
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, Protocol
 
 import redis
 
-log = logging.getLogger(__name__)
+from stack.jobs.outbox import RedisOutbox
 
-CHANNEL_PREFIX = "stack:jobs:"
+CHANNEL_PREFIX = "stack:jobs:"  # after the namespace's prefix (Settings.redis_prefix)
 
 
-def channel_for(job_id: str) -> str:
-    return CHANNEL_PREFIX + job_id
+def channel_for(job_id: str, *, prefix: str = "") -> str:
+    return prefix + CHANNEL_PREFIX + job_id
 
 
 class EventPublisher(Protocol):
@@ -28,15 +27,18 @@ class NullPublisher:
 
 
 class RedisPublisher:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "", outbox: RedisOutbox | None = None) -> None:
         self._client = client
+        self._prefix = prefix
+        # A process's shared outbox publishes off the job's path; without one, each event is its
+        # own round trip, in the caller (scripts, tests).
+        self._outbox = outbox or RedisOutbox(client, background=False)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0) -> RedisPublisher:
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout))
+    def from_url(cls, url: str, *, timeout: float = 2.0, prefix: str = "") -> RedisPublisher:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return cls(client, prefix=prefix)
 
     def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        try:
-            self._client.publish(channel_for(job_id), json.dumps(event, default=str))
-        except redis.RedisError as exc:
-            log.warning("could not publish progress of job %s: %s", job_id, exc)
+        channel, message = channel_for(job_id, prefix=self._prefix), json.dumps(event, default=str)
+        self._outbox.send(lambda pipeline: pipeline.publish(channel, message))

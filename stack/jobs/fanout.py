@@ -2,7 +2,7 @@
 
 A connection per stream does not scale: 160 streams once held 100 Redis connections (the rest
 failed with "Too many connections") and 295 open files in one process. Here a single reader task
-holds ONE connection subscribed to `stack:jobs:*` and hands each message to the small queues of
+holds ONE connection subscribed to `<namespace>:stack:jobs:*` and hands each message to the small queues of
 the streams watching that job; a stream only registers and unregisters locally.
 
 PSUBSCRIBE rather than SUBSCRIBE/UNSUBSCRIBE per watched job: registering a stream costs no Redis
@@ -37,7 +37,6 @@ from stack.jobs.events import CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
 
-PATTERN: Final = CHANNEL_PREFIX + "*"
 CLIENT_NAME: Final = "stack-api-events"  # shows in CLIENT LIST: whose connection this is
 
 
@@ -115,8 +114,11 @@ class EventHub:
         backoff: tuple[float, float] = (0.2, 10.0),
         ping_after: float = 15.0,
         queue_size: int = 16,
+        prefix: str = "",
     ) -> None:
         self.max_streams = max_streams
+        # Only this namespace's jobs (Settings.redis_prefix): another app's events never arrive.
+        self._channels = prefix + CHANNEL_PREFIX
         self._factory = client_factory or (_client_factory(redis_url, connect_timeout) if redis_url else None)
         self._backoff = backoff
         self._ping_after = ping_after
@@ -213,7 +215,7 @@ class EventHub:
         client = factory()
         pubsub = client.pubsub()
         try:
-            await pubsub.psubscribe(PATTERN)
+            await pubsub.psubscribe(self._channels + "*")
             pinged = False
             while not self._closed:
                 message = await pubsub.get_message(timeout=self._ping_after)
@@ -243,7 +245,7 @@ class EventHub:
         log.log(
             logging.INFO if self.connects == 1 else logging.WARNING,
             "job events: subscribed to %s (subscription #%d)",
-            PATTERN,
+            self._channels + "*",
             self.connects,
         )
         # Whatever was published while nobody listened (before the first subscription, or during
@@ -254,7 +256,9 @@ class EventHub:
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode(errors="replace") if isinstance(channel, bytes) else channel
-        watches = self._watches.get(name[len(CHANNEL_PREFIX) :])
+        if not name.startswith(self._channels):
+            return
+        watches = self._watches.get(name[len(self._channels) :])
         if not watches:
             return  # nobody here watches this job: not worth parsing
         try:

@@ -70,6 +70,7 @@ def probe_view(
     app: Celery,
     *,
     broker_url: str,
+    prefix: str,
     queues: Iterable[str],
     timeout: float,
     inspect_timeout: float = INSPECT_TIMEOUT,
@@ -82,7 +83,8 @@ def probe_view(
     try:
         if is_redis_url(broker_url):
             with redis_client(broker_url, timeout=timeout) as client:
-                depths, unacked = queue_depths(client, queues), unacked_count(client)
+                depths = queue_depths(client, queues, prefix=prefix)
+                unacked = unacked_count(client, prefix=prefix)
         elif not check_broker(broker_url, timeout=timeout).ok:
             return QueueView(at=time.monotonic(), broker=shown, broker_ok=False)
     except Exception as exc:  # any client error here means the broker does not answer

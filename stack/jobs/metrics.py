@@ -5,10 +5,11 @@ main process, and `/metrics` is answered by whichever API process Prometheus rea
 in any one process's memory would be missed (or reset) by most scrapes. So every process adds
 its observations to shared Redis hashes, and the API renders their totals (stack.api.metrics).
 
-One hash per metric under `stack:metrics:`. A field names one series, its label values as a
-JSON array; a histogram's fields add `|` and a bucket's upper bound (or `sum`). Buckets are
-stored per bucket, not cumulated, so one observation is one HINCRBY plus one HINCRBYFLOAT, and
-the whole end of a job (duration, wait, failure, loss) one pipelined round trip.
+One hash per metric under `<namespace>:stack:metrics:` (STACK_NAMESPACE). A field names one
+series, its label values as a JSON array; a histogram's fields add `|` and a bucket's upper
+bound (or `sum`). Buckets are stored per bucket, not cumulated, so one observation is one
+HINCRBY plus one HINCRBYFLOAT, sent with the job's events through the process's outbox
+(stack.jobs.outbox): off the job's path, many jobs per round trip.
 
 Best effort, like the events: a Redis that does not answer costs a log line, never a job.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,12 +27,12 @@ from typing import Protocol
 import redis
 
 from stack.jobs.models import Job, JobStatus, as_utc, utcnow
+from stack.jobs.outbox import RedisOutbox
 from stack.jobs.registry import JobRegistry
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "stack:metrics:"
-QUIET_AFTER_FAILURE = 5.0  # seconds a recorder sends nothing after Redis failed it
 SUM = "sum"
 INF = "+Inf"
 
@@ -46,7 +46,11 @@ class Metric:
 
     @property
     def key(self) -> str:
+        """The hash's name within a namespace; `key_in` gives the Redis key."""
         return KEY_PREFIX + self.name.removeprefix("stack_")
+
+    def key_in(self, prefix: str) -> str:
+        return prefix + self.key
 
     @property
     def is_histogram(self) -> bool:
@@ -119,62 +123,47 @@ class RedisRecorder:
         self,
         client: redis.Redis,
         *,
+        prefix: str = "",
+        outbox: RedisOutbox | None = None,
         clock: Callable[[], datetime] = utcnow,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
+        self._prefix = prefix  # Settings.redis_prefix: the namespace's keys only
+        # A process's shared outbox sends off the job's path; without one, each outcome is its
+        # own round trip, in the caller (scripts, tests).
+        self._outbox = outbox or RedisOutbox(client, background=False)
         self._clock = clock
-        self._monotonic = monotonic
-        self._failing = False  # warn once per outage, not once per job
-        self._quiet_until = float("-inf")
 
     def finished(self, job: Job, status: JobStatus, *, lost: bool = False) -> None:
-        def add(pipeline: redis.client.Pipeline) -> None:
-            if job.claimed_at is not None:
-                _observe(
-                    pipeline, DURATION, (job.kind, status.value), _seconds(job.claimed_at, self._clock())
-                )
-            if job.started_at is not None and job.created_at is not None:  # the claim keeps the first start
-                _observe(pipeline, WAIT, (job.queue,), _seconds(job.created_at, job.started_at))
-            if status is JobStatus.FAILURE:
-                pipeline.hincrby(FAILURES.key, series_field((job.kind,)), 1)
-            if lost:
-                pipeline.hincrby(WORKER_LOST.key, series_field((job.kind,)), 1)
+        # Computed now, not when the outbox sends it: the duration ends here.
+        duration = _seconds(job.claimed_at, self._clock()) if job.claimed_at is not None else None
 
-        self._send(job, add)
+        def add(pipeline: redis.client.Pipeline) -> None:
+            if duration is not None:
+                self._observe(pipeline, DURATION, (job.kind, status.value), duration)
+            if job.started_at is not None and job.created_at is not None:  # the claim keeps the first start
+                self._observe(pipeline, WAIT, (job.queue,), _seconds(job.created_at, job.started_at))
+            if status is JobStatus.FAILURE:
+                self._count(pipeline, FAILURES, job)
+            if lost:
+                self._count(pipeline, WORKER_LOST, job)
+
+        self._outbox.send(add)
 
     def retried(self, job: Job) -> None:
-        self._send(job, lambda pipeline: pipeline.hincrby(RETRIES.key, series_field((job.kind,)), 1))
+        self._outbox.send(lambda pipeline: self._count(pipeline, RETRIES, job))
 
     def lost(self, job: Job) -> None:
-        self._send(job, lambda pipeline: pipeline.hincrby(WORKER_LOST.key, series_field((job.kind,)), 1))
+        self._outbox.send(lambda pipeline: self._count(pipeline, WORKER_LOST, job))
 
-    def _send(self, job: Job, add: Callable[[redis.client.Pipeline], object]) -> None:
-        """One round trip with what `add` puts in the pipeline."""
-        if self._monotonic() < self._quiet_until:
-            return  # Redis just failed: a hanging one must not cost every job its timeout
-        try:
-            pipeline = self._client.pipeline(transaction=False)
-            add(pipeline)
-            pipeline.execute()
-        except Exception as exc:  # redis, socket or anything else: metrics never fail a job
-            log.log(
-                logging.DEBUG if self._failing else logging.WARNING,
-                "could not record metrics of job %s (metrics of the next %g s are dropped): %s",
-                job.id,
-                QUIET_AFTER_FAILURE,
-                exc,
-            )
-            self._failing = True
-            self._quiet_until = self._monotonic() + QUIET_AFTER_FAILURE
-        else:
-            self._failing = False
+    def _count(self, pipeline: redis.client.Pipeline, metric: Metric, job: Job) -> None:
+        pipeline.hincrby(metric.key_in(self._prefix), series_field((job.kind,)), 1)
 
-
-def _observe(pipeline: redis.client.Pipeline, metric: Metric, labels: Sequence[str], value: float) -> None:
-    series = series_field(labels)
-    pipeline.hincrby(metric.key, f"{series}|{bucket_bound(metric, value)}", 1)
-    pipeline.hincrbyfloat(metric.key, f"{series}|{SUM}", value)
+    def _observe(
+        self, pipeline: redis.client.Pipeline, metric: Metric, labels: Sequence[str], value: float
+    ) -> None:
+        key, series = metric.key_in(self._prefix), series_field(labels)
+        pipeline.hincrby(key, f"{series}|{bucket_bound(metric, value)}", 1)
+        pipeline.hincrbyfloat(key, f"{series}|{SUM}", value)
 
 
 def _seconds(start: datetime, end: datetime) -> float:
@@ -220,13 +209,15 @@ def read_recorded(
     metrics: Iterable[Metric] = METRICS,
     *,
     known: Mapping[str, Iterable[tuple[str, ...]]] | None = None,
+    prefix: str = "",
 ) -> Recorded:
-    """Every metric's series, in one round trip; the `known` ones at 0 if never observed."""
+    """Every metric's series (of the namespace `prefix`, Settings.redis_prefix), in one round
+    trip; the `known` ones at 0 if never observed."""
     metrics = list(metrics)
     known = known or {}
     pipeline = client.pipeline(transaction=False)
     for metric in metrics:
-        pipeline.hgetall(metric.key)
+        pipeline.hgetall(metric.key_in(prefix))
     raw = pipeline.execute()
     histograms, counters = {}, {}
     for metric, fields in zip(metrics, raw, strict=True):

@@ -187,7 +187,7 @@ class OverviewSource:
         if self._client is None:
             self._client = redis_client(url, timeout=min(self.settings.broker_timeout, BROKER_TIMEOUT))
         try:
-            return queue_depths(self._client, sorted(queues)), True
+            return queue_depths(self._client, sorted(queues), prefix=self.settings.redis_prefix), True
         except (redis.RedisError, OSError) as exc:
             log.debug("queue overview: broker unreachable: %s", exc)
             return None, False

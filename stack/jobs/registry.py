@@ -43,6 +43,21 @@ class ProgressFn(Protocol):
     def __call__(self, percent: float, message: str = "") -> None: ...
 
 
+# Outputs are often served by a web server (nginx, a CDN's origin) running as another user: they
+# are world-readable whatever the worker's umask (mkstemp alone gives 0600).
+OUTPUT_DIR_MODE = 0o755
+OUTPUT_FILE_MODE = 0o644
+
+
+def make_output_dir(path: Path) -> Path:
+    """Create a job's output folder (and its parents), each readable and searchable by all."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        created.chmod(OUTPUT_DIR_MODE)
+    return path
+
+
 def outputs_dir(storage_dir: Path, job_id: str) -> Path:
     """Where one job's output files go; the API serves them to callers who may read the job."""
     return storage_dir / "jobs" / job_id

@@ -153,12 +153,15 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    canary: Annotated[bool, Query(description="include the canary jobs `stack doctor` sent")] = False,
 ) -> Response:
     """Most recent jobs first, optionally filtered by status and kind."""
     service = _service(request)
     if kind is not None:
         _kind(service, kind)
-    jobs = [JobDetail.of(j) for j in service.store.list(status=status_, kind=kind, limit=limit)]
+    jobs = [
+        JobDetail.of(j) for j in service.store.list(status=status_, kind=kind, limit=limit, canaries=canary)
+    ]
     return _json(JobList(jobs=jobs, count=len(jobs)))
 
 

@@ -44,8 +44,9 @@ class JobService:
         self.dispatched = DispatchRecorder(self.store.mark_dispatched)
 
     def close(self) -> None:
-        """Write what is still pending (dispatch marks); the API calls it on shutdown."""
+        """Write what is still pending (dispatch marks, events); the API calls it on shutdown."""
         self.dispatched.close()
+        self.runtime.close()
 
     @property
     def inline(self) -> bool:

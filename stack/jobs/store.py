@@ -139,8 +139,12 @@ class JobStore:
         status: JobStatus | None = None,
         kind: str | None = None,
         limit: int = 50,
+        canaries: bool = False,
     ) -> Sequence[Job]:
+        """Newest first; doctor's canary jobs only with `canaries`."""
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if not canaries:
+            query = query.where(Job.canary.is_(False))
         if status is not None:
             query = query.where(Job.status == status)
         if kind is not None:
@@ -149,7 +153,7 @@ class JobStore:
             return session.scalars(query).all()
 
     # --- writes from the API ------------------------------------------------------------------------
-    def create(self, *, kind: str, queue: str, params: dict[str, Any]) -> Job:
+    def create(self, *, kind: str, queue: str, params: dict[str, Any], canary: bool = False) -> Job:
         """Insert a pending job, committed when this returns: only then may its message go out,
         since a worker may claim it at once. It has no `dispatched_at` until `mark_dispatched`;
         a row left without one is a job the sweep must send."""
@@ -166,6 +170,7 @@ class JobStore:
             lost_attempts=0,
             created_at=now,
             updated_at=now,
+            canary=canary,
         )
         row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
         with self._autocommit() as connection:

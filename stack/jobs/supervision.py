@@ -27,7 +27,8 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from stack.jobs.liveness import Owner, new_worker_id
-from stack.jobs.models import RUNNING_STATUSES, JobStatus, utcnow
+from stack.jobs.models import RUNNING_STATUSES, Job, JobStatus, utcnow
+from stack.logs import job_logging
 from stack.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,13 @@ class Supervisor:
         self.runtime.store.register_worker(
             worker_id=self.worker_id, name=self.name, pid=os.getpid(), queues=self.queues
         )
+        # Celery's banner is off (--quiet): this line says what the worker consumes.
         log.info(
-            "worker %s (%s) registered; heartbeat every %g s",
+            "worker %s (%s) registered; queues: %s; kinds: %s; heartbeat every %g s",
             self.name,
             self.worker_id,
+            ", ".join(self.queues),
+            ", ".join(kind.name for kind in self.runtime.registry if kind.queue in self.queues) or "none",
             self.runtime.settings.heartbeat_interval,
         )
 
@@ -99,6 +103,7 @@ class Supervisor:
             self.runtime.store.forget_worker(self.worker_id)
         except Exception as exc:  # the sweep treats a silent row as dead anyway
             log.warning("could not remove worker %s from stack_workers: %s", self.name, exc)
+        self.runtime.close()  # the events of jobs it released
 
     def beat(self) -> None:
         at = utcnow()  # before reading `running`: a job claimed before `at` is in the list
@@ -135,12 +140,18 @@ class Supervisor:
     ) -> None:
         """Record in the job row that the attempt `pid` ran is over: killed at the hard time
         limit (failure), or its process died (queued again, or failed when attempts are spent)."""
-        store, runner = self.runtime.store, self.runtime.runner
-        job = store.get(job_id)
+        job = self.runtime.store.get(job_id)
         if job is None or job.status not in RUNNING_STATUSES:
             return
         if (job.worker_id, job.worker_pid) != (self.worker_id, pid):
             return  # another attempt owns the row now
+        with job_logging(job.id, job.kind):  # JSON lines name the job whose worker was lost
+            self._end_attempt(job, pid=pid, exc=exc, hard_limit=hard_limit)
+
+    def _end_attempt(
+        self, job: Job, *, pid: int | None, exc: BaseException, hard_limit: float | None
+    ) -> None:
+        store, runner = self.runtime.store, self.runtime.runner
         if isinstance(exc, TimeLimitExceeded):
             failed = store.fail(
                 job.id,

@@ -30,6 +30,7 @@ from stack.errors import UnknownKindError
 from stack.jobs.liveness import lost_reason
 from stack.jobs.models import Job, JobStatus, as_utc, utcnow
 from stack.jobs.service import publish
+from stack.logs import job_logging
 from stack.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def sweep(
     )
     if dispatched or resent or report.requeued or report.failed or purged or broker_down:
         log.info("sweep: %s", report)
+    else:  # every STACK_SWEEP_INTERVAL, forever: seen only with STACK_LOG_LEVEL=debug
+        log.debug("sweep: nothing to do")
     return report
 
 
@@ -106,7 +109,8 @@ def _reclaim_lost(runtime: Runtime, now: datetime) -> tuple[int, int]:
         reason = lost_reason(job, worker, now=now, dead_after=policy.dead_after, settle=policy.settle)
         if reason is None:
             continue
-        released = runtime.runner.release_lost(job, reason, resend=True)
+        with job_logging(job.id, job.kind):
+            released = runtime.runner.release_lost(job, reason, resend=True)
         if released is None:
             continue
         if released.status is JobStatus.PENDING:
@@ -211,7 +215,7 @@ def _missing_messages(runtime: Runtime, client: redis.Redis, now: datetime) -> d
     snapshot is not counted at all (so losses may be seen a sweep late, never wrongly)."""
     sent_before = now - timedelta(seconds=runtime.settings.dispatch_grace)
     queues = sorted(set(runtime.registry.queues()) | {"default"})
-    depths, in_hands = queue_snapshot(client, queues)
+    depths, in_hands = queue_snapshot(client, queues, prefix=runtime.settings.redis_prefix)
     sent = sent_pending_by_queue(runtime.engine, sent_before=sent_before, excluding=in_hands)
     return {q: n - depths.get(q, 0) for q, n in sent.items() if n > depths.get(q, 0)}
 

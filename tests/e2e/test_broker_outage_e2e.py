@@ -85,7 +85,7 @@ def test_every_job_ends_after_a_redis_restart(stack_api: JobClient, persistent_r
 
 
 def test_queued_jobs_the_broker_lost_are_sent_again_and_run_once(
-    stack_api: JobClient, persistent_redis: LocalRedis
+    stack_api: JobClient, stack_processes: ProcfileStack, persistent_redis: LocalRedis
 ) -> None:
     # Both worker slots busy, four jobs waiting in the queue...
     running = [stack_api.submit("demo", {"seconds": 2, "steps": 10}) for _ in range(2)]
@@ -94,9 +94,10 @@ def test_queued_jobs_the_broker_lost_are_sent_again_and_run_once(
     waiting = [stack_api.submit("demo", {"seconds": 0.1, "steps": 1}) for _ in range(4)]
     client = redis.Redis.from_url(persistent_redis.url)
     try:
-        assert client.llen("default") >= 4, "the four jobs should be waiting in the queue"  # + sweeps
+        queue = stack_processes.redis_prefix + "default"  # the list kombu keeps under the namespace
+        assert client.llen(queue) >= 4, "the four jobs should be waiting in the queue"  # + sweeps
         # ...which the broker then loses, as a Redis restart without persistence would.
-        client.delete("default")
+        client.delete(queue)
     finally:
         client.close()
 

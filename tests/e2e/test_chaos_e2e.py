@@ -99,6 +99,7 @@ def test_duplicates_kills_and_a_redis_restart_lose_nothing_and_never_overlap(
     jobs = [stack_api.submit("record", params) for _ in range(JOBS)]
 
     sender = Celery("chaos", broker=restartable_redis.url, set_as_current=False)
+    sender.conf.broker_transport_options = {"global_keyprefix": stack_processes.redis_prefix}
     for job in jobs:  # every message twice, as a client or a sweep re-sending it would
         sender.send_task("jobs.record", args=[job["task_id"]], task_id=job["task_id"], queue="default")
     sender.close()

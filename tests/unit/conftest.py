@@ -10,22 +10,24 @@ import fakeredis
 import pytest
 
 from stack.config import Settings, ecosystem_env_names
-from stack.jobs.metrics import RedisRecorder
 from stack.jobs.migrate import upgrade
+from stack.jobs.outbox import RedisOutbox
 from stack.runtime import Runtime, build_runtime
 
 _OUR_ENV = frozenset(ecosystem_env_names())
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _metrics_stay_in_the_tests() -> Iterator[None]:
-    """Runtimes built here would record metrics into the Redis of REDIS_URL's default
-    (127.0.0.1:6379, another user's on a shared machine): a fake server instead. Session-wide,
-    as in-process workers outlive a single test."""
+def _events_and_metrics_stay_in_the_tests() -> Iterator[None]:
+    """Runtimes built here would send events and metrics to the Redis of REDIS_URL's default
+    (127.0.0.1:6379, another user's on a shared machine): a fake server instead, written
+    synchronously so a test sees them at once. Session-wide, as in-process workers outlive a
+    single test."""
     server = fakeredis.FakeServer()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            "stack.runtime.RedisRecorder", lambda _client: RedisRecorder(fakeredis.FakeRedis(server=server))
+            "stack.runtime.RedisOutbox",
+            lambda _client: RedisOutbox(fakeredis.FakeRedis(server=server), background=False),
         )
         yield
 

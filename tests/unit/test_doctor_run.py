@@ -10,15 +10,22 @@ from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from fastapi.testclient import TestClient
 
 import stack.jobs.control  # noqa: F401  # the worker side of doctor: registers stack_fingerprint
+from app.images import generate_image
+from app.kinds import registry as app_registry
+from app.params import ImageParams
 from stack import cli
+from stack.api.app import create_app
 from stack.config import Settings
 from stack.doctor import run_doctor
+from stack.doctor.canary import candidate_params, run_canaries
 from stack.doctor.report import render_text
 from stack.doctor.result import CheckResult, Status
 from stack.jobs.celery_app import create_celery
 from stack.jobs.migrate import upgrade
+from stack.jobs.registry import JobRegistry, outputs_dir
 from stack.runtime import Runtime, build_runtime
 from stack.testing.services.processes import free_port
 from tests.unit.conftest import make_settings
@@ -98,6 +105,38 @@ def test_doctor_against_an_in_process_worker(
     )
     assert named["canary content"].status is Status.OK
     assert "canary logs" not in named  # no consumer: the queue line already says it
+    # The canaries are marked, and not among the user's jobs unless asked for.
+    canaries = {named[f"canary {q}"].data["job_id"] for q in ("default", "content")}
+    store = worker_runtime.store
+    assert canaries <= {job.id for job in store.list(canaries=True, limit=500) if job.canary}
+    assert not canaries & {job.id for job in store.list(limit=500)}
+    with TestClient(create_app(worker_runtime.settings)) as api:
+        listed = {job["task_id"] for job in api.get("/api/jobs", params={"limit": 500}).json()["jobs"]}
+        every = api.get("/api/jobs", params={"limit": 500, "canary": "true"}).json()["jobs"]
+    assert not canaries & listed and canaries <= {job["task_id"] for job in every}
+
+
+def test_every_reference_kind_has_canary_params() -> None:
+    for kind in app_registry:
+        raw = candidate_params(kind)[0 if kind.name == "demo" else -2]  # ours, else the model's example
+        assert kind.validate(raw), kind.name
+
+
+def test_canary_files_are_removed_after_the_check(worker_runtime: Runtime) -> None:
+    images = JobRegistry()
+    images.kind("generate_image", params=ImageParams, queue="content")(generate_image)
+    celery = create_celery(worker_runtime.settings, worker_runtime.registry)
+    storage = worker_runtime.settings.effective_storage_dir
+    try:
+        [result] = run_canaries(
+            celery, worker_runtime.store, images, ["content"], timeout=10, storage_dir=storage
+        )
+    finally:
+        celery.close()
+    assert result.status is Status.OK, result
+    job = worker_runtime.store.get(result.data["job_id"])
+    assert job is not None and job.canary and job.result["bytes"] > 0  # it did write a PNG
+    assert not outputs_dir(storage, job.id).exists()
 
 
 def test_a_worker_on_another_database_is_named(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 from pydantic import BaseModel, ValidationError
 
 from app.audit import write_log
@@ -111,6 +113,30 @@ def test_generate_image_default_size_reports_every_tile(job: JobContext, progres
 
     assert_strictly_increasing_to_100(progress)
     assert len([p for p in percents(progress) if 0 < p < 100]) == 8
+
+
+def test_generate_image_is_colourful_and_readable_by_a_web_server(
+    job: JobContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous = os.umask(0o077)  # a worker started with a strict umask
+    try:
+        generate_image(ImageParams(width=128, height=96, iterations=300), job)
+    finally:
+        os.umask(previous)
+    path = job.output_dir / "image.png"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert (
+        stat.S_IMODE(path.parent.stat().st_mode) == stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o755
+    )
+    with Image.open(path) as image:
+        hsv = ImageStat.Stat(image.convert("HSV"))
+        lightness = ImageStat.Stat(image.convert("L"))
+    # Colour: saturated, many hues; contrast: black (the set) to bright. (The old greyscale-tinted
+    # render: hues 165-241, lightness spread 4-9.)
+    assert hsv.mean[1] > 100, f"mean saturation {hsv.mean[1]:.0f}/255"
+    assert hsv.extrema[0][1] - hsv.extrema[0][0] > 128, f"hues {hsv.extrema[0]}"
+    assert lightness.extrema[0][0] < 10 and lightness.extrema[0][1] > 200, lightness.extrema
+    assert lightness.stddev[0] > 30, f"lightness spread {lightness.stddev[0]:.0f}"
 
 
 def test_generate_image_is_deterministic_per_prompt(make_job: Callable[..., JobContext]) -> None:
@@ -340,6 +366,16 @@ def test_demo_params_fail_at_beyond_steps_rejected() -> None:
         DemoParams(steps=3, fail_at=5)
     assert error_fields(exc.value) == {"fail_at"}
     assert "fail_at (5) must be <= steps (3)" in str(exc.value)
+
+
+def test_demo_seconds_are_bounded_by_the_soft_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DemoParams(seconds=299).seconds == 299  # the default limit is 300 s
+    with pytest.raises(ValidationError) as exc:
+        DemoParams(seconds=300)
+    assert error_fields(exc.value) == {"seconds"}
+    assert "below the soft time limit of 300 s (STACK_TASK_SOFT_TIME_LIMIT)" in str(exc.value)
+    monkeypatch.setattr("app.params.soft_time_limit", lambda: 900.0)
+    assert DemoParams(seconds=600).seconds == 600  # read when validating: follows the setting
 
 
 # --- params and registry --------------------------------------------------------------------

@@ -18,8 +18,6 @@ import redis
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import event
 
 from stack.api.app import create_app
@@ -28,6 +26,7 @@ from stack.jobs import metrics
 from stack.jobs.liveness import Owner
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import Job, JobStatus, utcnow
+from stack.jobs.outbox import RedisOutbox
 from stack.jobs.registry import JobRegistry
 from stack.runtime import Runtime, build_runtime
 from tests.unit.conftest import make_settings
@@ -117,33 +116,6 @@ def test_failures_retries_and_lost_workers_are_counted_per_kind() -> None:
     assert histogram(found, "stack_job_duration_seconds", "generate_image", "failure").count == 2
 
 
-def test_a_dead_redis_never_fails_a_job_warns_once_and_is_left_alone_a_while(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = [0.0]
-    client = redis.Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))  # refuses
-    sent: list[int] = []
-    pipeline = client.pipeline
-
-    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = pipeline(*args, **kwargs)
-        execute = pipe.execute
-        pipe.execute = lambda *a, **k: (sent.append(1), execute(*a, **k))[1]
-        return pipe
-
-    monkeypatch.setattr(client, "pipeline", counted_pipeline)
-    recorder = metrics.RedisRecorder(client, monotonic=lambda: now[0])
-    with caplog.at_level("DEBUG", logger="stack.jobs.metrics"):
-        for _ in range(3):
-            recorder.finished(job_row(), JobStatus.SUCCESS)  # never raises
-        assert len(sent) == 1  # the next ones were dropped without trying
-        now[0] = metrics.QUIET_AFTER_FAILURE + 0.1
-        recorder.retried(job_row())
-        assert len(sent) == 2
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "could not record metrics of job j1" in warnings[0].getMessage()
-
-
 def test_a_row_missing_its_times_records_what_it_can() -> None:
     client = fakeredis.FakeRedis()
     metrics.RedisRecorder(client).finished(Job(id="x", kind="demo", queue="default"), JobStatus.FAILURE)
@@ -155,9 +127,9 @@ def test_a_row_missing_its_times_records_what_it_can() -> None:
 
 def test_the_shared_redis_of_a_runtime_fails_fast(tmp_path: Path) -> None:
     runtime = build_runtime(make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0"))
+    outbox = RedisOutbox(runtime.event_redis, background=False)  # type: ignore[arg-type]
     started = time.perf_counter()
-    runtime.publisher.publish("j1", {"status": "progress"})
-    runtime.metrics.finished(job_row(), JobStatus.SUCCESS)
+    metrics.RedisRecorder(outbox.client, outbox=outbox).finished(job_row(), JobStatus.SUCCESS)
     assert time.perf_counter() - started < 1.0  # redis-py's default retries take 4.5 s per call
 
 
@@ -261,10 +233,10 @@ def test_a_celery_runtime_shares_one_redis_between_events_and_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     given: list[redis.Redis] = []
-    monkeypatch.setattr("stack.runtime.RedisRecorder", lambda client: given.append(client) or "recorder")
+    monkeypatch.setattr("stack.runtime.RedisOutbox", lambda client: given.append(client) or "outbox")
     runtime = build_runtime(make_settings(tmp_path))
-    assert runtime.runner.metrics == "recorder"
-    assert given == [runtime.event_redis] and runtime.publisher._client is runtime.event_redis  # type: ignore[attr-defined]
+    assert runtime.runner.metrics._outbox == "outbox" and runtime.publisher._outbox == "outbox"  # type: ignore[attr-defined]
+    assert given == [runtime.event_redis]  # one outbox, on the one client
 
 
 # --- GET /metrics -------------------------------------------------------------------------------------
@@ -304,7 +276,7 @@ def scrape(tmp_path: Path, redis_server: fakeredis.FakeServer) -> Iterator[tuple
     settings = redis_settings(tmp_path)
     runtime = build_runtime(settings)
     upgrade(runtime.engine)
-    runtime.metrics = metrics.RedisRecorder(fakeredis.FakeRedis(server=redis_server))
+    runtime.metrics = metrics.RedisRecorder(fakeredis.FakeRedis(server=redis_server), prefix="app:")
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {TOKEN}"
         yield client, runtime
@@ -316,7 +288,7 @@ def test_metrics_render_queues_workers_jobs_and_recorded_histograms(
     client, runtime = scrape
     for _ in range(3):
         runtime.store.create(kind="write_log", queue="logs", params={})
-    fakeredis.FakeRedis(server=redis_server).lpush("logs", "1", "2", "3")
+    fakeredis.FakeRedis(server=redis_server).lpush("app:logs", "1", "2", "3")
     runtime.store.register_worker(worker_id="w-1", name="worker@a", pid=7, queues=["default", "content"])
     runtime.runner.run(submit_row(runtime, "demo", seconds=0, steps=2), owner=Owner("w"))
 
@@ -360,7 +332,7 @@ def test_every_api_process_and_worker_process_adds_up_to_the_same_numbers(
     upgrade(build_runtime(settings).engine)
     pool = [build_runtime(settings) for _ in range(2)]
     for process in pool:
-        process.metrics = metrics.RedisRecorder(fakeredis.FakeRedis(server=redis_server))
+        process.metrics = metrics.RedisRecorder(fakeredis.FakeRedis(server=redis_server), prefix="app:")
         process.runner.run(submit_row(process, "demo", seconds=0, steps=1), owner=Owner("w"))
     headers = {"Authorization": f"Bearer {TOKEN}"}
     answers = []

@@ -162,8 +162,8 @@ def on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Runtime, 
 
 def test_depths_come_from_one_redis_pipeline(on_redis: tuple[Runtime, fakeredis.FakeRedis]) -> None:
     runtime, broker = on_redis
-    broker.lpush("content", "a", "b")
-    broker.lpush("content\x06\x169", "high priority")  # kombu's priority sub-queue counts too
+    broker.lpush("app:content", "a", "b")
+    broker.lpush("app:content\x06\x169", "high priority")  # kombu's priority sub-queue counts too
     overview = OverviewSource(runtime.settings, runtime.registry, runtime.engine).snapshot()
     assert {q.name: q.depth for q in overview.queues} == {"content": 3, "default": 0, "logs": 0}
     assert overview.broker_ok
@@ -249,7 +249,7 @@ def test_get_queues_has_the_exact_shape_the_jobs_page_relies_on(
     client, runtime, broker = api
     for _ in range(3):
         runtime.store.create(kind="write_log", queue="logs", params={})
-    broker.lpush("logs", "1", "2", "3")
+    broker.lpush("app:logs", "1", "2", "3")
     runtime.store.register_worker(worker_id="w-1", name="worker@a", pid=7, queues=["default", "content"])
 
     response = client.get("/api/queues")

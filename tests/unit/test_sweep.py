@@ -200,14 +200,14 @@ def test_pending_jobs_missing_from_their_queue_are_sent_again_oldest_first(
 ) -> None:
     runtime, broker = on_redis
     oldest, middle, newest = sent_jobs(runtime, 3)
-    broker.lpush("default", "the message of one of them")  # the queue lost the other two
+    broker.lpush("app:default", "the message of one of them")  # the queue lost the other two
     grace = runtime.settings.dispatch_grace
     assert sweep(runtime, celery).resent == 0  # within the grace a worker may be claiming them
     report = sweep(runtime, celery, now=later(grace + 1))
     assert report.resent == 2
     renewed = {job_id: runtime.store.get(job_id).dispatched_at for job_id in (oldest, middle, newest)}  # type: ignore[union-attr]
     assert renewed[oldest] > renewed[newest] and renewed[middle] > renewed[newest]  # type: ignore[operator]
-    broker.lpush("default", "re-sent 1", "re-sent 2")
+    broker.lpush("app:default", "re-sent 1", "re-sent 2")
     assert sweep(runtime, celery, now=later(grace + 2)).resent == 0  # the queue holds them all now
 
 
@@ -216,10 +216,10 @@ def test_a_message_in_a_workers_hands_is_not_lost(
 ) -> None:
     runtime, broker = on_redis
     oldest, taken, _queued = sent_jobs(runtime, 3)
-    broker.lpush("default", "the message of the queued one")
+    broker.lpush("app:default", "the message of the queued one")
     # A worker took one: kombu keeps it in `unacked` until the job is acknowledged.
     message = {"headers": {"id": taken, "task": "jobs.demo"}, "body": "..."}
-    broker.hset("unacked", "delivery-tag-1", json.dumps([message, "", "default"]))
+    broker.hset("app:unacked", "delivery-tag-1", json.dumps([message, "", "default"]))
     report = sweep(runtime, celery, now=later(runtime.settings.dispatch_grace + 1))
     assert report.resent == 1  # only the oldest one was lost
     assert runtime.store.get(oldest).dispatched_at > runtime.store.get(taken).dispatched_at  # type: ignore[union-attr,operator]
@@ -230,7 +230,7 @@ def test_a_backlog_in_its_queue_is_left_alone(
 ) -> None:
     runtime, broker = on_redis
     sent_jobs(runtime, 2, queue="content")  # no worker consumes `content`: both messages wait
-    broker.lpush("content", "a", "b")
+    broker.lpush("app:content", "a", "b")
     runtime.store.create(kind="demo", queue="default", params={})  # never sent: the other rule's
     report = sweep(runtime, celery, now=later(600))
     assert (report.resent, report.dispatched) == (0, 1)

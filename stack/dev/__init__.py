@@ -1,0 +1,1 @@
+"""The development loop around honcho: supervised roles, their control channel, their children."""
