@@ -20,7 +20,7 @@ from stack.api import health
 from stack.api import metrics as metrics_api
 from stack.api import queues as queues_api
 from stack.api import ui as ui_page
-from stack.api.auth import current_principal, resolve_auth
+from stack.api.auth import install, resolve_auth
 from stack.api.limits import BodySizeLimit
 from stack.config import Settings, get_settings, redact_url
 from stack.jobs import router as jobs_router
@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.dependency_overrides[current_principal] = authenticator
+    install(app, authenticator)
     app.state.jobs = service
     app.state.hints = hints
     app.state.events = events

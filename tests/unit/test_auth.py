@@ -131,6 +131,14 @@ def test_the_apps_own_dependency_decides(tmp_path: Path) -> None:
         assert api.post("/api/jobs/demo", json={}, headers={"X-User": "auditor"}).status_code == 403
 
 
+def test_only_a_custom_dependency_is_installed_as_an_override(tmp_path: Path, api: TestClient) -> None:
+    # Any dependency override makes FastAPI rebuild every route's dependency graph per request:
+    # tokens and open access, which need nothing but the request, must not cost that.
+    assert api.app.dependency_overrides == {}  # type: ignore[attr-defined]
+    with client_for(tmp_path, auth="tests.unit.test_auth:header_login", celery_enabled=False) as custom:
+        assert list(custom.app.dependency_overrides.values()) == [header_login]  # type: ignore[attr-defined]
+
+
 def test_an_unloadable_dependency_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="STACK_AUTH='nowhere:login'"):
         client_for(tmp_path, auth="nowhere:login")
