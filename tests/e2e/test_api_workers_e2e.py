@@ -48,8 +48,18 @@ def two_workers(stack: ProcfileStack) -> list[psutil.Process]:
     )
 
 
+def listening(worker: psutil.Process) -> bool:
+    return any(c.status == psutil.CONN_LISTEN for c in worker.net_connections(kind="tcp"))
+
+
 @pytest.fixture
 def keepalive(stack_processes: ProcfileStack) -> Iterator[list[socket.socket]]:
+    # Each worker binds its own socket once its app has loaded: /ready answering means one does.
+    wait_for(
+        lambda: all(listening(w) for w in two_workers(stack_processes)),
+        what="both uvicorn workers listening",
+        timeout=60,
+    )
     port = int(stack_processes.api_url.rsplit(":", 1)[1])
     connections = []
     for _ in range(32):

@@ -142,6 +142,30 @@ def test_malformed_body_is_422(api: TestClient, raw: bytes) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        (rb'{"text": "\udce4 a lone low surrogate"}', ["body", "text"]),
+        (rb'{"text": "ok", "title": "\ud83d"}', ["body", "title"]),
+    ],
+)
+def test_text_no_database_can_store_is_a_422_naming_the_field(api: TestClient, raw: bytes, loc: list) -> None:
+    response = api.post(
+        "/api/jobs/generate_content", content=raw, headers={"content-type": "application/json"}
+    )
+    # JSON may escape a lone UTF-16 surrogate; UTF-8 (and so PostgreSQL) cannot hold one.
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_a_proper_surrogate_pair_is_just_a_character(api: TestClient) -> None:
+    raw = rb'{"text": "\ud83d\ude00 grinning"}'
+    response = api.post(
+        "/api/jobs/generate_content", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 202, response.text
+
+
 def test_valid_image_is_accepted(api: TestClient) -> None:
     response = api.post("/api/jobs/analyze_image", json={"image_data": png_base64()})
     assert response.status_code == 202
