@@ -14,10 +14,12 @@ so Ctrl-C reaches the role, its pool processes and this supervisor alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +35,9 @@ from stack.dev.control import Registration
 from stack.dev.readiness import listening_sockets
 
 log = logging.getLogger(__name__)
+
+# How long a role signalled with its process group gets to stop before we signal it again.
+GROUP_SIGNAL_GRACE = 1.5
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class Supervisor:
         self.before_first_start = before_first_start
         self.events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._stop = threading.Event()
+        self._signalled = False  # stopped by SIGTERM/SIGINT, not by the loop itself
         self._backoff = policy.backoff_start
         self._started_at = 0.0
         self._restarts = 0
@@ -171,6 +177,7 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
+        self._signalled = True
         self._stop.set()
         self.events.put(("stop", None))
         if self._before_start:  # still waiting for the broker: nothing to stop, leave now
@@ -225,11 +232,22 @@ class Supervisor:
                     retry_at = self._after_exit(child)
         finally:
             self._stop.set()
+            if child is not None and self._signalled:
+                self._let_group_signal_work(child)
             if child is not None and child.poll() is None:
                 self.launcher.stop(child)
             if self.registration is not None:
                 self.registration.remove()
         return 0
+
+    @staticmethod
+    def _let_group_signal_work(child: Child) -> None:
+        """The child shares our process group, so the signal honcho (or a terminal's Ctrl-C) sent
+        the group reached it too: give it a moment to stop on that one. A second SIGTERM makes
+        Celery print its shutdown twice and Flower exit with a traceback."""
+        # Still running after it (or signalled alone, by pid): stopped as usual.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=GROUP_SIGNAL_GRACE)
 
     def _drain_changes(self) -> None:
         """Saves that queued up while the last restart ran all go into this one restart."""
