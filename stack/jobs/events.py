@@ -28,7 +28,6 @@ class NullPublisher:
 
 class RedisPublisher:
     def __init__(self, client: redis.Redis, *, prefix: str = "", outbox: RedisOutbox | None = None) -> None:
-        self._client = client
         self._prefix = prefix
         # A process's shared outbox publishes off the job's path; without one, each event is its
         # own round trip, in the caller (scripts, tests).

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from stack.api.workers import supported
+from stack.dev.readiness import listening_sockets
 from stack.testing.procfile import ProcfileStack
 from stack.testing.services.base import wait_for
 from tests.e2e.conftest import write_procfile
@@ -48,19 +49,15 @@ def two_workers(stack: ProcfileStack) -> list[psutil.Process]:
     )
 
 
-def listening(worker: psutil.Process) -> bool:
-    return any(c.status == psutil.CONN_LISTEN for c in worker.net_connections(kind="tcp"))
-
-
 @pytest.fixture
 def keepalive(stack_processes: ProcfileStack) -> Iterator[list[socket.socket]]:
     # Each worker binds its own socket once its app has loaded: /ready answering means one does.
+    port = int(stack_processes.api_url.rsplit(":", 1)[1])
     wait_for(
-        lambda: all(listening(w) for w in two_workers(stack_processes)),
+        lambda: all(listening_sockets(w.pid, port) for w in two_workers(stack_processes)),
         what="both uvicorn workers listening",
         timeout=60,
     )
-    port = int(stack_processes.api_url.rsplit(":", 1)[1])
     connections = []
     for _ in range(32):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -65,3 +66,22 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     upgrade(rt.engine)
     yield rt
     rt.store.dispose()
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """Counts pipelines executed: one per round trip."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.round_trips = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipeline = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        execute = pipeline.execute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.round_trips += 1
+            return execute(*args, **kwargs)
+
+        pipeline.execute = counted  # type: ignore[method-assign]
+        return pipeline

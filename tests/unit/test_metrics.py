@@ -29,29 +29,12 @@ from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.outbox import RedisOutbox
 from stack.jobs.registry import JobRegistry
 from stack.runtime import Runtime, build_runtime
-from tests.unit.conftest import make_settings
+from tests.unit.conftest import CountingRedis, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 REDIS_URL = "redis://127.0.0.1:6399/0"  # never dialled: the tests hand out fake clients
 TOKEN = "prometheus-token-0123456789"
-
-
-class CountingRedis(fakeredis.FakeRedis):
-    """Counts round trips: every pipeline executed, every single command sent."""
-
-    round_trips = 0
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
-        execute = pipe.execute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            CountingRedis.round_trips += 1
-            return execute(*args, **kwargs)
-
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
 
 
 def job_row(**values: Any) -> Job:
@@ -83,9 +66,9 @@ def counter(found: metrics.Recorded, name: str, *labels: str) -> float:
 def test_a_finished_job_is_one_round_trip_with_its_duration_and_wait() -> None:
     client = CountingRedis()
     recorder = metrics.RedisRecorder(client)
-    CountingRedis.round_trips = 0
+    client.round_trips = 0
     recorder.finished(job_row(), JobStatus.SUCCESS)
-    assert CountingRedis.round_trips == 1
+    assert client.round_trips == 1
     found = recorded(client)
     duration = histogram(found, "stack_job_duration_seconds", "demo", "success")
     assert duration.count == 1 and duration.sum == pytest.approx(0.3, abs=0.05)
@@ -218,9 +201,9 @@ def test_progress_writes_send_nothing(tmp_path: Path) -> None:
     upgrade(runtime.engine)
     client = CountingRedis()
     runtime.metrics = metrics.RedisRecorder(client)
-    CountingRedis.round_trips = 0
+    client.round_trips = 0
     runtime.runner.run(submit_row(runtime, "demo", seconds=0, steps=50), owner=Owner("w"))
-    assert CountingRedis.round_trips == 1  # 50 progress writes, one metrics round trip at the end
+    assert client.round_trips == 1  # 50 progress writes, one metrics round trip at the end
 
 
 def test_inline_mode_records_nothing_and_needs_no_redis(tmp_path: Path) -> None:

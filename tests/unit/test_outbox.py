@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
-import fakeredis
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -15,25 +13,8 @@ from redis.retry import Retry
 
 from stack.jobs.batching import BatchWriter
 from stack.jobs.outbox import RedisOutbox
-
-
-class CountingRedis(fakeredis.FakeRedis):
-    """Counts pipelines executed: one per round trip."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.round_trips = 0
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipeline = super().pipeline(transaction=transaction, shard_hint=shard_hint)
-        execute = pipeline.execute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.round_trips += 1
-            return execute(*args, **kwargs)
-
-        pipeline.execute = counted  # type: ignore[method-assign]
-        return pipeline
+from stack.testing.services.base import wait_for
+from tests.unit.conftest import CountingRedis
 
 
 def test_commands_sent_meanwhile_share_one_round_trip() -> None:
@@ -85,7 +66,9 @@ def test_a_hanging_redis_bounds_what_waits(
     gate = threading.Event()
     outbox = RedisOutbox(client)
     outbox.send(lambda pipeline: gate.wait(5))
-    assert _eventually(lambda: outbox._writer._queue.qsize() == 0), "the writer never took the first command"
+    wait_for(
+        lambda: outbox._writer._queue.qsize() == 0, timeout=5, what="the writer to take the first command"
+    )
     with caplog.at_level(logging.WARNING, logger="stack.jobs.outbox"):
         for n in range(8):
             outbox.send(lambda pipeline, n=n: pipeline.rpush("seen", n))
@@ -108,12 +91,3 @@ def test_a_writer_inherited_through_a_fork_starts_its_own_thread(monkeypatch: py
     assert writer.flush(5)
     assert writer._thread is not parent_thread and written == [[1], [2]]
     writer.close()
-
-
-def _eventually(condition: Any, timeout: float = 5.0) -> bool:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return True
-        done.wait(0.01)
-    return False
