@@ -315,10 +315,13 @@ def test_testcontainers_own_wait_strategies_accept_the_images() -> None:
         from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef]
         from testcontainers.redis import RedisContainer  # type: ignore[no-redef]
 
+    # The images first: each skips (or fails, when docker is demanded) without an engine, before
+    # prepare_testcontainers() talks to one.
+    redis_image, postgres_image = _docker_image("redis"), _docker_image("postgres")
     prepare_testcontainers()
-    with RedisContainer(_docker_image("redis")) as cache:
+    with RedisContainer(redis_image) as cache:
         assert cache.get_client().ping()
-    with PostgresContainer(_docker_image("postgres"), username="app", password="pw", dbname="appdb") as db:
+    with PostgresContainer(postgres_image, username="app", password="pw", dbname="appdb") as db:
         url = db.get_connection_url(driver=None)
         with psycopg.connect(url, connect_timeout=5) as conn:
             assert conn.execute("SELECT current_user, current_database()").fetchone() == ("app", "appdb")
