@@ -26,6 +26,7 @@ from stack.config import Settings, get_settings, redact_url
 from stack.jobs import router as jobs_router
 from stack.jobs.celery_app import create_celery
 from stack.jobs.fanout import EventHub
+from stack.jobs.grouping import GroupSubmitter
 from stack.jobs.hints import HintCache, probe_view
 from stack.jobs.registry import JobRegistry
 from stack.jobs.service import JobService
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     )
 
     service = JobService(runtime, celery)
+    submits = GroupSubmitter(service) if celery is not None else None
     authenticator = resolve_auth(settings)  # refuses an unauthenticated API in production
 
     @asynccontextmanager
@@ -61,6 +63,8 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
         finally:
             if hints is not None:
                 await asyncio.to_thread(hints.stop)
+            if submits is not None:
+                await asyncio.to_thread(submits.close)
             await asyncio.to_thread(service.close)
             await events.close()
 
@@ -74,6 +78,7 @@ def create_app(settings: Settings, *, registry: JobRegistry | None = None) -> Fa
     )
     install(app, authenticator)
     app.state.jobs = service
+    app.state.submits = submits
     app.state.hints = hints
     app.state.events = events
     app.include_router(health.router)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from stack.api.auth import Scope, require
 from stack.errors import UnknownKindError
+from stack.jobs.grouping import GroupSubmitter
 from stack.jobs.hints import HintCache, owner_hint
 from stack.jobs.models import JobStatus
 from stack.jobs.registry import JobKind, outputs_dir
@@ -72,9 +73,13 @@ def _kind(service: JobService, name: str) -> JobKind:
         raise HTTPException(404, detail={"message": str(exc), "known_kinds": exc.known}) from None
 
 
-def _submit(request: Request, job_kind: JobKind, params: dict[str, Any]) -> Response:
+async def _submit(request: Request, job_kind: JobKind, params: dict[str, Any]) -> Response:
     service = _service(request)
-    job = service.submit(job_kind, params)
+    if service.inline:  # the job runs in this request: a worker thread, as any blocking work
+        job = await run_in_threadpool(service.submit, job_kind, params)
+    else:  # written with the submits that arrive meanwhile (stack.jobs.grouping)
+        submits: GroupSubmitter = request.app.state.submits
+        job = await submits.submit(job_kind, params)
     body_out = JobDetail.of(job) if service.inline else JobOut.of(job)
     return _json(
         body_out,
@@ -108,9 +113,9 @@ def kind_routes(kinds: list[JobKind]) -> APIRouter:
 
 
 def _create_endpoint(job_kind: JobKind) -> Any:
-    def create(request: Request, params: BaseModel) -> Response:
+    async def create(request: Request, params: BaseModel) -> Response:
         # FastAPI validated the body against the kind's model (`{}` for the defaults).
-        return _submit(request, job_kind, params.model_dump(mode="json"))
+        return await _submit(request, job_kind, params.model_dump(mode="json"))
 
     # The body's type is the kind's model, set here since it is only known at run time.
     create.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+from kombu import Producer
+from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import OperationalError, StatementError
 
 from stack.jobs.dispatched import DispatchRecorder
 from stack.jobs.liveness import Owner
 from stack.jobs.models import Job, JobStatus, utcnow
 from stack.jobs.registry import JobKind
+from stack.jobs.store import NewJob
 from stack.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -20,7 +25,10 @@ log = logging.getLogger(__name__)
 DEFERRED_MESSAGE = "queued; not dispatched yet: the broker was unreachable"
 
 
-def publish(celery: Celery, kind: JobKind, job_id: str) -> None:
+Submit = tuple[JobKind, dict[str, Any]]  # a kind and its validated params
+
+
+def publish(celery: Celery, kind: JobKind, job_id: str, *, producer: Producer | None = None) -> None:
     """The one way a job message is sent: the job id only, to the kind's queue, no result
     subscription (the row is the result store)."""
     celery.send_task(
@@ -32,6 +40,7 @@ def publish(celery: Celery, kind: JobKind, job_id: str) -> None:
         # What Celery would compute with saferepr (shown by Flower), for a tenth of the cost.
         argsrepr=repr([job_id]),
         kwargsrepr="{}",
+        producer=producer,
     )
 
 
@@ -55,22 +64,64 @@ class JobService:
     def submit(self, kind: JobKind, params: dict[str, Any]) -> Job:
         """Commit the row, then publish: a broker outage leaves a pending row to dispatch later,
         never a message about a job that does not exist."""
-        job = self.store.create(kind=kind.name, queue=kind.queue, params=params)
         if self.celery is None:
+            job = self.store.create(kind=kind.name, queue=kind.queue, params=params)
             return self._run_inline(job.id)
-        if not self.dispatch(job):
-            return self.store.note(job.id, DEFERRED_MESSAGE) or job
-        job.dispatched_at = utcnow()
-        self.dispatched.add(job.id)
-        return job
+        (outcome,) = self.submit_many([(kind, params)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def dispatch(self, job: Job) -> bool:
-        """Publish one job's message to its queue; False (logged) when the broker is unreachable."""
-        assert self.celery is not None
+    def submit_many(self, submits: Sequence[Submit]) -> list[Job | Exception]:
+        """`submit` for submits that arrived together (the API groups concurrent requests): the
+        rows in one transaction, then the messages in one broker round trip. Each submit gets its
+        job or the error it alone would have met; a database outage fails them all."""
+        assert self.celery is not None, "inline mode runs each job in its request: use submit()"
+        new_jobs = [NewJob(kind=kind.name, queue=kind.queue, params=params) for kind, params in submits]
+        outcomes: list[Job | Exception]
         try:
-            publish(self.celery, self.registry.get(job.kind), job.id)
-        except (BrokerError, OSError) as exc:
-            log.warning("job %s accepted but not dispatched, broker unreachable: %s", job.id, exc)
+            outcomes = list(self.store.create_many(new_jobs))
+        except OperationalError:
+            raise  # the database is unreachable: every caller gets its 503
+        except StatementError:
+            if len(new_jobs) == 1:
+                raise
+            # A row the database refused must not fail the others: one transaction each.
+            outcomes = [self._create_alone(new) for new in new_jobs]
+        jobs = [outcome for outcome in outcomes if isinstance(outcome, Job)]
+        if not self.dispatch(jobs):
+            noted = {job.id: self.store.note(job.id, DEFERRED_MESSAGE) or job for job in jobs}
+            return [noted.get(o.id, o) if isinstance(o, Job) else o for o in outcomes]
+        now = utcnow()
+        for job in jobs:
+            job.dispatched_at = now
+            self.dispatched.add(job.id)
+        return outcomes
+
+    def _create_alone(self, new: NewJob) -> Job | Exception:
+        try:
+            return self.store.create_many([new])[0]
+        except StatementError as exc:
+            return exc
+
+    def dispatch(self, jobs: Sequence[Job]) -> bool:
+        """Publish the jobs' messages, several in one broker round trip; False (logged) when the
+        broker is unreachable. A failed batch may have been delivered in part: the sweep resends
+        the rest, and a second message for a job is dropped by its claim."""
+        assert self.celery is not None
+        if not jobs:
+            return True
+        try:
+            if len(jobs) == 1:  # a pipeline of one costs more than the plain LPUSH
+                publish(self.celery, self.registry.get(jobs[0].kind), jobs[0].id)
+            else:
+                with self.celery.producer_or_acquire() as producer, producer.batch():
+                    for job in jobs:
+                        publish(self.celery, self.registry.get(job.kind), job.id, producer=producer)
+        except (BrokerError, BatchPublishError, OSError) as exc:
+            ids = ", ".join(job.id for job in jobs)
+            which = f"job {ids}" if len(jobs) == 1 else f"{len(jobs)} jobs ({ids})"
+            log.warning("%s accepted but not dispatched, broker unreachable: %s", which, exc)
             return False
         return True
 

@@ -7,6 +7,7 @@ import copy
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -90,6 +91,16 @@ _SUCCEED = _attempt_update(
 )
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to create: what a submit knows before its row exists."""
+
+    kind: str
+    queue: str
+    params: dict[str, Any]
+    canary: bool = False
+
+
 def new_job_id() -> str:
     return str(uuid.uuid4())
 
@@ -157,25 +168,33 @@ class JobStore:
         """Insert a pending job, committed when this returns: only then may its message go out,
         since a worker may claim it at once. It has no `dispatched_at` until `mark_dispatched`;
         a row left without one is a job the sweep must send."""
+        return self.create_many([NewJob(kind=kind, queue=queue, params=params, canary=canary)])[0]
+
+    def create_many(self, new_jobs: Sequence[NewJob]) -> Sequence[Job]:
+        """`create` for jobs submitted together: one transaction and one round trip for the lot
+        (psycopg pipelines the INSERTs), all committed or none."""
         now = utcnow()
-        job = Job(
-            id=new_job_id(),
-            kind=kind,
-            queue=queue,
-            status=JobStatus.PENDING,
-            progress=0,
-            message="queued",
-            params=params,
-            attempts=0,
-            lost_attempts=0,
-            created_at=now,
-            updated_at=now,
-            canary=canary,
-        )
-        row = {column.key: getattr(job, column.key) for column in _TABLE.columns}
-        with self._autocommit() as connection:
-            connection.execute(_INSERT, row)
-        return job
+        rows = [
+            {
+                "id": new_job_id(),
+                "kind": new.kind,
+                "queue": new.queue,
+                "status": JobStatus.PENDING,
+                "progress": 0,
+                "message": "queued",
+                "params": new.params,
+                "attempts": 0,
+                "lost_attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "canary": new.canary,
+            }
+            for new in new_jobs
+        ]
+        # One row: a single autocommitted statement, no BEGIN and COMMIT round trips.
+        with self._autocommit() if len(rows) == 1 else self.engine.begin() as connection:
+            connection.execute(_INSERT, rows)
+        return [Job(**row) for row in rows]
 
     def mark_dispatched(self, job_ids: Sequence[str]) -> int:
         """Record that these jobs' messages were published (one statement for many jobs); a job

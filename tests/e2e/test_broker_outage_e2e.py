@@ -8,6 +8,7 @@ beat's sweep reconciles from the job table, which is the truth.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,30 @@ def test_job_accepted_while_the_broker_is_down_runs_once_it_is_back(
         stack_processes["worker"].log_path.read_text().count(f"jobs.demo[{submitted['task_id']}] received")
     )
     assert received == 1, f"dispatched {received} times"
+
+
+def test_a_burst_accepted_while_the_broker_is_down_runs_once_each(
+    stack_api: JobClient, stack_processes: ProcfileStack, persistent_redis: LocalRedis
+) -> None:
+    # Concurrent submits are published as groups: a group the broker refuses is deferred whole.
+    persistent_redis.stop()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            submitted = list(
+                pool.map(lambda _: stack_api.submit("demo", {"seconds": 0, "steps": 1}), range(16))
+            )
+        assert all("not dispatched yet" in job["message"] for job in submitted), [
+            j["message"] for j in submitted
+        ]
+    finally:
+        persistent_redis.start()
+    finals = [stack_api.follow(job, timeout=40).final for job in submitted]
+    assert all(final["status"] == "success" and final["attempts"] == 1 for final in finals), [
+        (final["status"], final["attempts"]) for final in finals
+    ]
+    log = stack_processes["worker"].log_path.read_text()
+    received = {job["task_id"]: log.count(f"jobs.demo[{job['task_id']}] received") for job in submitted}
+    assert set(received.values()) == {1}, received
 
 
 def test_every_job_ends_after_a_redis_restart(stack_api: JobClient, persistent_redis: LocalRedis) -> None:

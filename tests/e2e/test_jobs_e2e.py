@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -24,6 +25,24 @@ def test_demo_goes_0_to_100(stack_api: JobClient) -> None:
     assert final["attempts"] == 1 and final["worker"].startswith("worker@")
     assert final["result"] == {"steps": 10, "seconds": 1.0, "attempt": 1}
     assert final["started_at"] <= final["finished_at"]
+
+
+def test_a_burst_of_concurrent_submits_runs_every_job_once(
+    stack_api: JobClient, stack_processes: ProcfileStack
+) -> None:
+    # Concurrent submits are written and published in groups (stack.jobs.grouping): each caller
+    # must still get its own job, and each job exactly one message.
+    with ThreadPoolExecutor(8) as pool:
+        submitted = list(
+            pool.map(lambda n: stack_api.submit("demo", {"seconds": 0, "steps": n}), range(1, 41))
+        )
+    assert sorted(job["task_id"] for job in submitted) == sorted({job["task_id"] for job in submitted})
+    finals = [stack_api.follow(job, timeout=60).final for job in submitted]
+    assert [final["result"]["steps"] for final in finals] == list(range(1, 41))
+    assert all(final["attempts"] == 1 for final in finals), [f["attempts"] for f in finals]
+    log = stack_processes["worker"].log_path.read_text()
+    received = {job["task_id"]: log.count(f"jobs.demo[{job['task_id']}] received") for job in submitted}
+    assert set(received.values()) == {1}, received
 
 
 def test_generate_image_renders_a_downloadable_png(
