@@ -1,7 +1,9 @@
 """Enqueue overhead: our `POST /api/jobs/demo` against a bare FastAPI endpoint calling apply_async.
 
-Both are served by the same uvicorn command line (the stack's api role), with the same worker
-count and log level, publishing to the same Redis. No worker consumes: this measures the API.
+Both are served by uvicorn with the same worker count, options and log level, publishing to the
+same Redis: ours by the stack's api role (one SO_REUSEPORT socket per worker), bare by uvicorn's
+own `--workers` (one shared socket), as a team without the stack runs it. No worker consumes:
+this measures the API.
 """
 
 from __future__ import annotations
@@ -38,18 +40,27 @@ class EnqueueFigures:
     peak: httpload.LoadResult
 
 
-def api_argv(*, port: int, web_concurrency: int, log_level: str, factory: str | None = None) -> list[str]:
-    """The api role's uvicorn command line; `factory` swaps in another app, nothing else changes."""
+def api_argv(
+    *, port: int, web_concurrency: int, log_level: str, factory: str | None = None, balanced: bool = True
+) -> list[str]:
+    """The api role's uvicorn command line; `factory` swaps in another app and `balanced=False`
+    uvicorn's own `--workers` (one shared socket) for ours, nothing else changes."""
     settings = load_settings(port=port, web_concurrency=web_concurrency, log_level=log_level)
-    argv = roles.api(settings).argv
+    argv = roles.api(settings, reuseport=None if balanced else False).argv
     if factory is not None:
         argv = [factory if part == roles.API_FACTORY else part for part in argv]
     return argv
 
 
 def start_bare_api(stack: stackproc.StackEnv, *, port: int, log_dir: Path) -> stackproc.StackProcess:
+    """The bare app as a team runs it without the stack: `uvicorn --workers N`, whose workers share
+    one listening socket (issue #14 compares our balanced workers against that)."""
     argv = api_argv(
-        port=port, web_concurrency=stack.web_concurrency, log_level=stack.log_level, factory=BARE_FACTORY
+        port=port,
+        web_concurrency=stack.web_concurrency,
+        log_level=stack.log_level,
+        factory=BARE_FACTORY,
+        balanced=False,
     )
     return stackproc.start_api(stack, port=port, log_dir=log_dir, name="bare-api", argv=argv)
 

@@ -29,13 +29,20 @@ MAX_PENDING = 10_000
 MAX_BATCH = 500
 
 
+# How long the thread lets a burst gather before it sends: a job of no work sends its start, its
+# end and its metrics within a millisecond, and waiting this long sends them as one pipeline
+# instead of two or three (5 % of a worker's CPU per job, measured on a drain). A person watching
+# a progress bar cannot see 2 ms.
+LINGER_S = 0.002
+
+
 class RedisOutbox:
     def __init__(self, client: redis.Redis, *, background: bool = True) -> None:
         """`background=False`: every send is its own pipeline, in the caller (tests, scripts)."""
         self.client = client
         self._writer: BatchWriter[Command] = BatchWriter(
             self._execute,
-            linger=0,
+            linger=LINGER_S,
             max_batch=MAX_BATCH,
             name="stack-redis-outbox",
             on_error=self._failed,

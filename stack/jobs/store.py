@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Table,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     update,
 )
@@ -32,7 +34,16 @@ from stack.jobs.models import RUNNING_STATUSES, TERMINAL_STATUSES, Job, JobStatu
 
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _WORKERS: Table = Worker.__table__  # type: ignore[assignment]
-_LIVE = ~_TABLE.c.status.in_([s.value for s in TERMINAL_STATUSES])
+
+
+def _status_in(statuses: Iterable[JobStatus]) -> ColumnElement[bool]:
+    """`status IN ('a', 'b')` with our own constants written into the SQL. A list of plain values
+    would be an expanding parameter, whose SQL SQLAlchemy renders again on every execution: a
+    third of a claim's client-side time."""
+    return _TABLE.c.status.in_([literal_column(f"'{JobStatus(status).value}'") for status in statuses])
+
+
+_LIVE = ~_status_in(TERMINAL_STATUSES)
 
 
 def _live_update(**values: Any) -> Update:
@@ -56,7 +67,7 @@ _CLAIM = (
         dispatched_at=func.coalesce(_TABLE.c.dispatched_at, bindparam("now")),
         updated_at=bindparam("now"),
     )
-    .where(_TABLE.c.status.in_([JobStatus.PENDING, JobStatus.RETRY]))
+    .where(_status_in([JobStatus.PENDING, JobStatus.RETRY]))
     .returning(*_TABLE.c)
 )
 

@@ -21,13 +21,27 @@ def test_commands_sent_meanwhile_share_one_round_trip() -> None:
     client = CountingRedis()
     outbox = RedisOutbox(client)
     gate = threading.Event()
-    outbox.send(lambda pipeline: gate.wait(5))  # holds the thread inside a write, as a slow Redis would
+    writing = threading.Event()
+    # Holds the thread inside a write, as a slow Redis would.
+    outbox.send(lambda pipeline: (writing.set(), gate.wait(5)))
+    assert writing.wait(5), "the outbox never started writing"
     for n in range(100):
         outbox.send(lambda pipeline, n=n: pipeline.rpush("seen", n))
     gate.set()
     assert outbox.flush(5), "outbox not flushed within 5 s"
     assert [int(v) for v in client.lrange("seen", 0, -1)] == list(range(100))  # in order
     assert client.round_trips == 2  # the held write, then everything queued behind it
+
+
+def test_an_idle_outbox_lets_a_burst_gather_for_its_linger() -> None:
+    # A job's start, end and metrics are sent within a millisecond: one pipeline, not three.
+    client = CountingRedis()
+    outbox = RedisOutbox(client)
+    for key in ("started", "finished", "metrics"):
+        outbox.send(lambda pipeline, key=key: pipeline.set(key, 1))
+    assert outbox.flush(5), "outbox not flushed within 5 s"
+    assert client.round_trips == 1
+    assert all(client.get(key) == b"1" for key in ("started", "finished", "metrics"))
 
 
 def test_a_synchronous_outbox_writes_in_the_caller() -> None:
