@@ -12,11 +12,12 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bare import BARE_QUEUE, NOOP_TASK, create_bare_celery
+from benchmarks.cpu import CpuMeter, describe
 from loadtests import stackproc
 from stack import roles
 from stack.config import Settings, load_settings
@@ -36,6 +37,7 @@ class DrainFigures:
     jobs: int
     seconds: float
     failed: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # µs per job, by group
 
     @property
     def rate(self) -> float:
@@ -114,15 +116,19 @@ def drain(
     counter = SuccessCounter(app, ids)
     counter.start()
     try:
-        started = time.perf_counter()
-        _set_consuming(app, node, queue, consume=True)
-        if not counter.done.wait(timeout):
-            raise DrainError(
-                f"{name}: {counter.succeeded + counter.failed} of {count} tasks finished within {timeout:g} s"
-            )
+        with CpuMeter() as meter:
+            started = time.perf_counter()
+            _set_consuming(app, node, queue, consume=True)
+            if not counter.done.wait(timeout):
+                finished = counter.succeeded + counter.failed
+                raise DrainError(f"{name}: {finished} of {count} tasks finished within {timeout:g} s")
     finally:
         counter.stop()
-    return DrainFigures(name=name, jobs=count, seconds=counter.last_at - started, failed=counter.failed)
+    cpu = meter.per_operation(count)
+    log.info("%s: drained %d in %.2f s (%s per job)", name, count, counter.last_at - started, describe(cpu))
+    return DrainFigures(
+        name=name, jobs=count, seconds=counter.last_at - started, failed=counter.failed, cpu=cpu
+    )
 
 
 def worker_argv(settings: Settings, *, app: str | None = None, queue: str | None = None) -> list[str]:

@@ -9,10 +9,11 @@ this measures the API.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import httpload
+from benchmarks.cpu import CpuMeter, describe
 from loadtests import stackproc
 from stack import roles
 from stack.config import load_settings
@@ -38,6 +39,7 @@ class EnqueueFigures:
     sequential: httpload.LoadResult
     at_rate: httpload.LoadResult
     peak: httpload.LoadResult
+    peak_cpu: dict[str, float] = field(default_factory=dict)  # µs per submit at the peak, by group
 
 
 def api_argv(
@@ -70,16 +72,24 @@ def measure(name: str, request: httpload.Request, plan: EnqueuePlan) -> EnqueueF
     run(httpload.closed_loop(request, connections=4, count=plan.warmup, max_seconds=20))
     sequential = run(httpload.sequential(request, count=plan.sequential, max_seconds=60))
     at_rate = run(httpload.open_loop(request, rate=plan.rate, duration=plan.rate_seconds))
-    peak = run(
-        httpload.closed_loop(
-            request,
-            connections=plan.peak_connections,
-            count=int(plan.peak_seconds * 5000),
-            max_seconds=plan.peak_seconds,
+    with CpuMeter() as meter:
+        peak = run(
+            httpload.closed_loop(
+                request,
+                connections=plan.peak_connections,
+                count=int(plan.peak_seconds * 5000),
+                max_seconds=plan.peak_seconds,
+            )
         )
+    peak_cpu = meter.per_operation(peak.count)
+    log.info(
+        "%s: sequential p50 %.2f ms, peak %.0f/s (%s per submit)",
+        name,
+        sequential.percentile(50) * 1e3,
+        peak.rate,
+        describe(peak_cpu),
     )
-    log.info("%s: sequential p50 %.2f ms, peak %.0f/s", name, sequential.percentile(50) * 1e3, peak.rate)
-    return EnqueueFigures(name=name, sequential=sequential, at_rate=at_rate, peak=peak)
+    return EnqueueFigures(name=name, sequential=sequential, at_rate=at_rate, peak=peak, peak_cpu=peak_cpu)
 
 
 def run_enqueue(

@@ -38,6 +38,7 @@ class BenchFigures:
                     }
                     for label, r in (("sequential", f.sequential), ("at_rate", f.at_rate), ("peak", f.peak))
                 }
+                out[f"enqueue_{f.name}"]["peak"]["cpu_us_per_submit"] = f.peak_cpu
         if self.drain:
             for d in self.drain:
                 out[f"drain_{d.name}"] = {
@@ -45,6 +46,7 @@ class BenchFigures:
                     "seconds": d.seconds,
                     "rate": d.rate,
                     "failed": d.failed,
+                    "cpu_us_per_job": d.cpu,
                 }
         if self.progress:
             p = self.progress
@@ -91,6 +93,16 @@ def scalars(f: BenchFigures) -> list[Scalar]:
         ):
             if key == "peak":  # the closed loop's point is its rate; its latencies follow from it
                 out.append(Scalar("peak_rate", f"{label}: rate", "req/s", o.rate, b.rate))
+                if ours.peak_cpu and bare.peak_cpu:
+                    out.append(
+                        Scalar(
+                            "peak_cpu_us",
+                            f"{label}: CPU per submit, all processes",
+                            "us",
+                            ours.peak_cpu["total"],
+                            bare.peak_cpu["total"],
+                        )
+                    )
             for q in (50, 99):
                 out.append(
                     Scalar(
@@ -104,6 +116,16 @@ def scalars(f: BenchFigures) -> list[Scalar]:
         out.append(
             Scalar("drain_rate", f"drain {ours_d.jobs} jobs of no work", "jobs/s", ours_d.rate, bare_d.rate)
         )
+        if ours_d.cpu and bare_d.cpu:
+            out.append(
+                Scalar(
+                    "drain_cpu_us",
+                    "drain: CPU per job, all processes",
+                    "us",
+                    ours_d.cpu["total"],
+                    bare_d.cpu["total"],
+                )
+            )
     if f.roundtrip:
         ours_r, bare_r = f.roundtrip
         for q in (50, 90, 99):

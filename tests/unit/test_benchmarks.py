@@ -4,10 +4,15 @@ the printed table, the 0→100 poll loop (against a scripted client) and the opt
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 from typing import Any
 
+import psutil
 import pytest
 
+from benchmarks.cpu import GROUPS, CpuMeter, describe
 from benchmarks.drain import DrainFigures
 from benchmarks.enqueue import EnqueueFigures
 from benchmarks.figures import BenchFigures
@@ -224,3 +229,40 @@ def test_options_runs_and_roundtrip_part() -> None:
         parse_args(["--runs", "0"])
     with pytest.raises(SystemExit, match="--only takes a subset of enqueue,drain,progress,roundtrip"):
         parse_args(["--only", "roundtrips"])
+
+
+# --- CPU per operation -------------------------------------------------------------------------------
+_BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+
+
+def test_cpu_meter_counts_the_processes_it_watches_per_operation() -> None:
+    with CpuMeter() as meter:
+        subprocess.run(
+            [sys.executable, "-c", "import time; time.sleep(0.01)"], check=True
+        )  # exits: not counted
+        child = subprocess.Popen([sys.executable, "-c", _BURN + "time.sleep(5)"])
+        burner = psutil.Process(child.pid)
+        deadline = time.monotonic() + 20
+        while sum(burner.cpu_times()[:2]) < 0.3:  # it burns 0.3 s of CPU, then sleeps
+            assert time.monotonic() < deadline, "the child did not burn 0.3 s of CPU within 20 s"
+            time.sleep(0.02)
+    try:
+        per = meter.per_operation(100)
+        assert per["stack"] >= 0.25 / 100 * 1e6, per  # ≥ 2,500 µs per operation
+        assert per["total"] == pytest.approx(sum(per[group] for group in GROUPS))
+        assert describe(per).startswith("CPU µs: stack ")
+        assert meter.per_operation(0) == {} and describe({}) == "CPU not measured"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_per_operation_is_a_figure_when_both_sides_measured_it() -> None:
+    figures = run_figures()
+    assert "peak_cpu_us" not in summarize([figures])  # older runs: no CPU measured, no row
+    ours, bare = figures.enqueue  # type: ignore[misc]
+    ours.peak_cpu, bare.peak_cpu = {"total": 2000.0}, {"total": 2500.0}
+    figures.drain[0].cpu, figures.drain[1].cpu = {"total": 5000.0}, {"total": 3500.0}  # type: ignore[index]
+    series = summarize([figures])
+    assert series["peak_cpu_us"].ratios == pytest.approx([0.8])
+    assert series["drain_cpu_us"].ours == pytest.approx([5000.0])
