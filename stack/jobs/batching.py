@@ -2,12 +2,13 @@
 
 A background thread takes what callers `add`, lets a burst gather for `linger` seconds (0: no
 wait; a burst still gathers behind a write in progress) and hands it to `write` in batches of
-at most `max_batch`. Two users: dispatch marks (one UPDATE for many submits) and the Redis
-outbox (one pipeline for many jobs' events and metrics).
+at most `max_batch`. Users: dispatch marks (one UPDATE for many submits), the Redis outbox (one
+pipeline for many jobs' events and metrics) and the API's submits (stack.jobs.grouping).
 
 Nothing here is durable: what a killed process had not written yet is lost, so only writes
-whose loss something else repairs (the sweep resends unmarked jobs; an event is best effort)
-belong here. `close` writes what is pending; an `add` after it writes at once, in the caller.
+whose loss something else repairs (the sweep resends unmarked jobs; an event is best effort), or
+whose callers wait for them (a submit's request answers only once its group is written), belong
+here. `close` writes what is pending; an `add` after it writes at once, in the caller.
 """
 
 from __future__ import annotations

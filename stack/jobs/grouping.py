@@ -5,19 +5,20 @@ A submit is a committed INSERT and a broker publish. One request at a time, a bu
 hop, a database round trip and commit, and a broker round trip per request; grouped, it pays them
 once per group (JobService.submit_many). Nothing waits for a group to fill: a lone submit is
 written at once, and a burst groups itself by the time each write takes (a database's group
-commit, applied to requests). One thread writes, so the event loops serving requests never block
-on the database or the broker.
+commit, applied to requests). The groups are written by a BatchWriter's thread, so the event
+loops serving requests never block on the database or the broker; each request waits for its own
+outcome, handed back to its loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
+from stack.jobs.batching import BatchWriter
 from stack.jobs.models import Job
 from stack.jobs.registry import JobKind
 from stack.jobs.service import JobService, Submit
@@ -28,42 +29,33 @@ _Waiting = tuple[Submit, "asyncio.Future[Job]"]
 class GroupSubmitter:
     def __init__(self, service: JobService, *, max_group: int = 256) -> None:
         self._service = service
-        self._max_group = max_group  # bounds one transaction and one broker pipeline
-        self._lock = threading.Lock()
-        self._waiting: list[_Waiting] = []
-        self._writing = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stack-submits")
+        self._writer: BatchWriter[_Waiting] = BatchWriter(
+            self._write,
+            linger=0,
+            max_batch=max_group,  # bounds one transaction and one broker pipeline
+            name="stack-submits",
+            on_error=self._failed,
+        )
 
     async def submit(self, kind: JobKind, params: dict[str, Any]) -> Job:
         """The job, committed and published (or deferred) when this returns; raises what
         `JobService.submit` would. A caller cancelled meanwhile (its client left) cancels only
         its wait: its job is made all the same, as a synchronous submit's would be."""
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._waiting.append(((kind, params), future))
-            start, self._writing = not self._writing, True
-        if start:
-            self._executor.submit(self._write_groups)
+        self._writer.add(((kind, params), future))
         return await future
 
     def close(self) -> None:
-        """Wait for what is being written; the API calls it once it serves no more requests."""
-        self._executor.shutdown(wait=True)
+        """Write what is waiting; the API calls it once it serves no more requests."""
+        self._writer.close()
 
-    def _write_groups(self) -> None:
-        """On the writer thread: one group after another until nobody waits."""
-        while True:
-            with self._lock:
-                group, self._waiting = self._waiting[: self._max_group], self._waiting[self._max_group :]
-                if not group:
-                    self._writing = False
-                    return
-            outcomes: list[Job | Exception]
-            try:
-                outcomes = self._service.submit_many([submit for submit, _ in group])
-            except Exception as exc:  # the database is down: each caller raises it (a 503)
-                outcomes = [exc] * len(group)
-            _settle([future for _, future in group], outcomes)
+    def _write(self, group: Sequence[_Waiting]) -> None:
+        outcomes = self._service.submit_many([submit for submit, _ in group])
+        _settle([future for _, future in group], outcomes)
+
+    def _failed(self, group: Sequence[_Waiting], exc: Exception) -> None:
+        # The database is down (or the write broke): each caller raises it, a 503 for an outage.
+        _settle([future for _, future in group], [exc] * len(group))
 
 
 def _settle(futures: list[asyncio.Future[Job]], outcomes: list[Job | Exception]) -> None:
