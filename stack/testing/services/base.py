@@ -118,3 +118,19 @@ class Service(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact_url(self.url) or '(not started)'}>"
+
+
+class OwnedServer(Service):
+    """A server this process runs (a child process or a container), which it can also stop and
+    restart: the tests' way to take it away from the stack under test and bring it back."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server, keeping its port and its data for `start()`."""
+
+    def restart(self, *, downtime: float = 0.0) -> None:
+        """Stop, stay down for `downtime` s, and start again on the same port with the same data."""
+        self.stop()
+        if downtime:
+            time.sleep(downtime)
+        self.start()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from abc import abstractmethod
 from typing import Any, ClassVar, cast
 
-from stack.testing.services.base import Service, ServiceError
+from stack.testing.services.base import OwnedServer, ServiceError
 from stack.testing.services.processes import free_port
 from stack.testing.services.selection import MODE_ENV, docker_fix
 
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 _LOG_LINES = 30
 
 
-class DockerServer(Service):
+class DockerServer(OwnedServer):
     """A server in a container started through testcontainers, published on 127.0.0.1-reachable
     `port` (or wherever testcontainers says the engine's host is).
 
@@ -118,13 +117,6 @@ class DockerServer(Service):
                 self.STOP_SIGNAL.name,
             )
             wrapped.stop(timeout=0)
-
-    def restart(self, *, downtime: float = 0.0) -> None:
-        """Stop, stay down for `downtime` s, and start again on the same port with the same data."""
-        self.stop()
-        if downtime:
-            time.sleep(downtime)
-        self.start()
 
     def teardown(self) -> None:
         container, self._container = self._container, None

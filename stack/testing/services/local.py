@@ -6,18 +6,17 @@ import logging
 import shutil
 import signal
 import tempfile
-import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from stack.testing.services.base import Service, ServiceError
+from stack.testing.services.base import OwnedServer, ServiceError
 from stack.testing.services.processes import RunAs, ServerProcess, free_port, read_tail
 
 logger = logging.getLogger(__name__)
 
 
-class LocalServer(Service):
+class LocalServer(OwnedServer):
     """A server binary run as our child process on 127.0.0.1, in a temp dir removed at teardown.
 
     Subclasses say how to prepare the dir (`_prepare`), which command to run (`_argv`) and
@@ -115,13 +114,6 @@ class LocalServer(Service):
         process, self._process = self._process, None
         if process is not None:
             process.stop()
-
-    def restart(self, *, downtime: float = 0.0) -> None:
-        """Stop, stay down for `downtime` s, and start again on the same port."""
-        self.stop()
-        if downtime:
-            time.sleep(downtime)
-        self.start()
 
     def teardown(self) -> None:
         try:
