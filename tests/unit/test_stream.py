@@ -256,6 +256,9 @@ def test_redis_unreachable_then_back_then_restarted() -> None:
         server.connected = False  # a restart: the hub's PING goes unanswered, it reconnects
         await until(lambda: not hub.connected)
         rows.append(detail("progress", 30, message=at(30)))
+        # Seen by reading the row while the subscription is down. Without this wait, a reconnect
+        # that comes first re-reads the row only once 40 is written, and 30 is never shown.
+        await asyncio.sleep(0.2)
         server.connected = True
         await until(lambda: hub.connects == 2)
         rows.append(detail("progress", 40, message=at(40)))
