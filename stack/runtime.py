@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from stack.config import Settings
 from stack.db import engine_from_settings
 from stack.jobs.events import EventPublisher, NullPublisher, RedisPublisher
-from stack.jobs.metrics import MetricsRecorder, NullRecorder, RedisRecorder
+from stack.jobs.metrics import METRICS_LINGER_S, MetricsRecorder, NullRecorder, RedisRecorder
 from stack.jobs.outbox import RedisOutbox
 from stack.jobs.registry import JobRegistry, load_registry
 from stack.jobs.runner import JobRunner, LivenessPolicy, RetryPolicy
@@ -49,8 +49,15 @@ class Runtime:
 
     @functools.cached_property
     def outbox(self) -> RedisOutbox | None:
-        """Events and metrics leave the job's path here: one pipeline for many (stack.jobs.outbox)."""
+        """Events leave the job's path here: one pipeline for many (stack.jobs.outbox)."""
         return None if self.event_redis is None else RedisOutbox(self.event_redis)
+
+    @functools.cached_property
+    def metrics_outbox(self) -> RedisOutbox | None:
+        """Metrics, summed in the process for up to a second (stack.jobs.metrics)."""
+        if self.event_redis is None:
+            return None
+        return RedisOutbox(self.event_redis, linger=METRICS_LINGER_S, name="stack-metrics-outbox")
 
     @functools.cached_property
     def publisher(self) -> EventPublisher:
@@ -62,13 +69,14 @@ class Runtime:
     def metrics(self) -> MetricsRecorder:
         if self.event_redis is None:
             return NullRecorder()
-        return RedisRecorder(self.event_redis, prefix=self.settings.redis_prefix, outbox=self.outbox)
+        return RedisRecorder(self.event_redis, prefix=self.settings.redis_prefix, outbox=self.metrics_outbox)
 
     def close(self) -> None:
-        """Send what the outbox still holds: a process's shutdown (the API's, a worker's)."""
-        outbox = self.__dict__.get("outbox")  # never built: nothing was sent
-        if outbox is not None:
-            outbox.close()
+        """Send what the outboxes still hold: a process's shutdown (the API's, a worker's)."""
+        for name in ("outbox", "metrics_outbox"):
+            outbox = self.__dict__.get(name)  # never built: nothing was sent
+            if outbox is not None:
+                outbox.close()
 
     @functools.cached_property
     def runner(self) -> JobRunner:

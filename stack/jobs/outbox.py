@@ -37,14 +37,21 @@ LINGER_S = 0.002
 
 
 class RedisOutbox:
-    def __init__(self, client: redis.Redis, *, background: bool = True) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        background: bool = True,
+        linger: float = LINGER_S,
+        name: str = "stack-redis-outbox",
+    ) -> None:
         """`background=False`: every send is its own pipeline, in the caller (tests, scripts)."""
         self.client = client
         self._writer: BatchWriter[Command] = BatchWriter(
             self._execute,
-            linger=LINGER_S,
+            linger=linger,
             max_batch=MAX_BATCH,
-            name="stack-redis-outbox",
+            name=name,
             on_error=self._failed,
             max_pending=MAX_PENDING,
             on_overflow=self._overflowed,

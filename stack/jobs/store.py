@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from stack.db import make_engine, session_factory
+from stack.jobs import attempt_sql
 from stack.jobs.liveness import Owner
 from stack.jobs.models import RUNNING_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Worker, utcnow
 
@@ -128,9 +129,11 @@ class JobStore:
         # The hot paths (every submit, claim, progress write and status read) are single
         # statements: an autocommit twin of the engine saves them a BEGIN and a COMMIT each.
         self._fast = autocommit_engine or make_engine(engine.url, autocommit=True)
-        self._sessions: sessionmaker[Session] = session_factory(self._fast)
+        self._session_factory: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
         self._pinned: Connection | None = None
+        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.attempt_sql).
+        self._direct = attempt_sql.is_direct(self._fast)
 
     @contextmanager
     def pinned(self) -> Iterator[JobStore]:
@@ -140,8 +143,14 @@ class JobStore:
         with self._fast.connect() as connection:
             view = copy.copy(self)
             view._pinned = connection
-            view._sessions = sessionmaker(bind=connection, expire_on_commit=False)
             yield view
+
+    @property
+    def _sessions(self) -> sessionmaker[Session]:
+        if self._pinned is None:
+            return self._session_factory
+        # Built on demand: most attempts only run the statements of stack.jobs.attempt_sql.
+        return sessionmaker(bind=self._pinned, expire_on_commit=False)
 
     def dispose(self, *, close: bool = True) -> None:
         """`close=False` in a forked child: forget the parent's connections without closing."""
@@ -239,6 +248,8 @@ class JobStore:
             "now": utcnow(),
         }
         with self._autocommit() as connection:
+            if self._direct:
+                return attempt_sql.claim(connection, params)
             row = connection.execute(_CLAIM, params).one_or_none()
         return Job(**row._mapping) if row is not None else None
 
@@ -277,13 +288,13 @@ class JobStore:
     def set_progress(self, job_id: str, percent: int, message: str, *, attempt: int) -> bool:
         """Record progress, never lower than what was stored. False once the job is no longer
         live (revoked) or no longer on this attempt, which tells the running handler to stop."""
-        return self._execute_live(
-            _PROGRESS, job_id=job_id, attempt=attempt, percent=percent, text=clean_text(message), now=utcnow()
-        )
+        params = {"job_id": job_id, "attempt": attempt, "percent": percent, "text": clean_text(message)}
+        return self._execute_live(_PROGRESS, attempt_sql.set_progress, params)
 
     def succeed(self, job_id: str, *, result: Any, attempt: int) -> bool:
         """False when the job stopped being this attempt's first (revoked while finishing)."""
-        return self._execute_live(_SUCCEED, job_id=job_id, attempt=attempt, outcome=result, now=utcnow())
+        params = {"job_id": job_id, "attempt": attempt, "outcome": result}
+        return self._execute_live(_SUCCEED, attempt_sql.succeed, params)
 
     def fail(self, job_id: str, *, error: str, attempt: int | None = None) -> Job | None:
         """`attempt`: only while the row is still on that attempt (None: whatever runs)."""
@@ -439,8 +450,14 @@ class JobStore:
                 delete(_WORKERS).where(_WORKERS.c.heartbeat_at < silent_before)
             ).rowcount
 
-    def _execute_live(self, statement: Update, **params: Any) -> bool:
+    def _execute_live(
+        self, statement: Update, direct: Callable[[Connection, dict[str, Any]], bool], params: dict[str, Any]
+    ) -> bool:
+        """A write of one attempt: `direct` on PostgreSQL, `statement` elsewhere. True if it landed."""
+        params["now"] = utcnow()
         with self._autocommit() as connection:
+            if self._direct:
+                return direct(connection, params)
             return connection.execute(statement, params).rowcount == 1
 
     @contextmanager

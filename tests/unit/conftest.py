@@ -28,7 +28,7 @@ def _events_and_metrics_stay_in_the_tests() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
             "stack.runtime.RedisOutbox",
-            lambda _client: RedisOutbox(fakeredis.FakeRedis(server=server), background=False),
+            lambda _client, **_options: RedisOutbox(fakeredis.FakeRedis(server=server), background=False),
         )
         yield
 

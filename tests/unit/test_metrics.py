@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -26,7 +28,7 @@ from stack.jobs import metrics
 from stack.jobs.liveness import Owner
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import Job, JobStatus, utcnow
-from stack.jobs.outbox import RedisOutbox
+from stack.jobs.outbox import LINGER_S, RedisOutbox
 from stack.jobs.registry import JobRegistry
 from stack.runtime import Runtime, build_runtime
 from tests.unit.conftest import CountingRedis, make_settings
@@ -76,6 +78,64 @@ def test_a_finished_job_is_one_round_trip_with_its_duration_and_wait() -> None:
     wait = histogram(found, "stack_job_wait_seconds", "default")
     assert wait.count == 1 and wait.sum == pytest.approx(1.0, abs=0.01)
     assert found.counters["stack_job_failures"] == []
+
+
+class CommandCountingRedis(fakeredis.FakeRedis):
+    """Counts the HINCRBY/HINCRBYFLOAT commands its pipelines send."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.increments = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipeline = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        execute = pipeline.execute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            names = [command[0][0] for command in pipeline.command_stack]
+            self.increments += sum(1 for name in names if name.startswith("HINCRBY"))
+            return execute(*args, **kwargs)
+
+        pipeline.execute = counted  # type: ignore[method-assign]
+        return pipeline
+
+
+def test_observations_between_two_sends_add_up_to_one_increment_per_series_and_bucket() -> None:
+    client = CommandCountingRedis()
+    outbox = RedisOutbox(client, linger=60)  # nothing leaves before the flush below
+    recorder = metrics.RedisRecorder(client, outbox=outbox)
+    for seconds in (0.3, 0.4, 0.3, 0.45, 0.3):
+        recorder.finished(job_row(claimed_at=utcnow() - timedelta(seconds=seconds)), JobStatus.SUCCESS)
+    recorder.retried(job_row())
+    recorder.retried(job_row())
+    assert client.increments == 0  # all of it still waits in the process
+    outbox.close()
+    # duration: bucket 0.5 and its sum; wait: bucket 1 and its sum; retries: one counter.
+    assert client.increments == 5
+    found = recorded(client)
+    duration = histogram(found, "stack_job_duration_seconds", "demo", "success")
+    assert duration.count == 5 and duration.sum == pytest.approx(1.75, abs=0.05)
+    assert histogram(found, "stack_job_wait_seconds", "default").count == 5
+    assert counter(found, "stack_job_retries", "demo") == 2
+    recorder.retried(job_row())  # after close: sent at once, in the caller
+    assert counter(recorded(client), "stack_job_retries", "demo") == 3
+
+
+def test_a_forked_child_leaves_its_parents_unsent_observations(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = fakeredis.FakeRedis()
+    sends: list[Callable[[Any], object]] = []
+    outbox = SimpleNamespace(send=sends.append)  # holds the sends, as a lingering outbox does
+    recorder = metrics.RedisRecorder(client, outbox=outbox)  # type: ignore[arg-type]
+    recorder.retried(job_row())  # the parent's, unsent when the pool process forks
+    parent = os.getpid()
+    monkeypatch.setattr(metrics.os, "getpid", lambda: parent + 1)  # now in the child
+    recorder.retried(job_row(kind="generate_image"))
+    pipeline = client.pipeline()
+    sends[-1](pipeline)  # the child's outbox sends
+    pipeline.execute()
+    found = recorded(client)
+    assert counter(found, "stack_job_retries", "generate_image") == 1
+    assert counter(found, "stack_job_retries", "demo") == 0  # the parent sends its own
 
 
 def test_failures_retries_and_lost_workers_are_counted_per_kind() -> None:
@@ -215,11 +275,18 @@ def test_inline_mode_records_nothing_and_needs_no_redis(tmp_path: Path) -> None:
 def test_a_celery_runtime_shares_one_redis_between_events_and_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    given: list[redis.Redis] = []
-    monkeypatch.setattr("stack.runtime.RedisOutbox", lambda client: given.append(client) or "outbox")
+    given: list[tuple[redis.Redis, float]] = []
+
+    def outbox(client: redis.Redis, *, linger: float = LINGER_S, name: str = "") -> str:
+        given.append((client, linger))
+        return f"outbox lingering {linger:g} s"
+
+    monkeypatch.setattr("stack.runtime.RedisOutbox", outbox)
     runtime = build_runtime(make_settings(tmp_path))
-    assert runtime.runner.metrics._outbox == "outbox" and runtime.publisher._outbox == "outbox"  # type: ignore[attr-defined]
-    assert given == [runtime.event_redis]  # one outbox, on the one client
+    assert runtime.publisher._outbox == f"outbox lingering {LINGER_S:g} s"  # type: ignore[attr-defined]
+    assert runtime.runner.metrics._outbox == "outbox lingering 1 s"  # type: ignore[attr-defined]
+    # Two outboxes on the one client: events go within milliseconds, metrics add up for a second.
+    assert given == [(runtime.event_redis, LINGER_S), (runtime.event_redis, metrics.METRICS_LINGER_S)]
 
 
 # --- GET /metrics -------------------------------------------------------------------------------------
