@@ -39,6 +39,9 @@ def make_engine(
         isolation["poolclass"] = NullPool
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(str(url), **isolation)
+    if autocommit:
+        # No transaction is ever open to roll back when a connection goes back to the pool.
+        isolation["pool_reset_on_return"] = None
     # LIFO: reuse the warm connections; the rest idle, get pinged, recycled.
     sizes = {
         "pool_size": pool_size,

@@ -1,5 +1,5 @@
 """The three writes every job attempt makes — claim, progress, success — in PostgreSQL's own SQL,
-run on the psycopg connection under the SQLAlchemy one.
+run on the psycopg connection of a pooled connection.
 
 Why: they are a worker's whole cost per job besides Celery's own. Through SQLAlchemy's execution
 (statement cache, parameter set-up, result processing) a claim took 294-330 µs of client CPU and
@@ -19,10 +19,11 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Engine, Table
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
-from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, job_from_row
 
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _COLUMNS = tuple(column.name for column in _TABLE.c)
@@ -59,38 +60,43 @@ def is_direct(engine: Engine) -> bool:
     return bool(dialect.name == "postgresql" and dialect.driver == "psycopg")
 
 
-def claim(connection: Connection, params: Mapping[str, Any]) -> Job | None:
-    row = _execute(connection, CLAIM, params, fetch=True)
-    if row is None:
-        return None
-    values = dict(zip(_COLUMNS, row, strict=True))
-    values["status"] = JobStatus(values["status"])
-    return Job(**values)
+class AttemptWrites:
+    """The statements on a pooled connection of `engine` (one an attempt holds, see
+    JobStore.pinned): the pool's checkout, idle ping and invalidation stay SQLAlchemy's."""
 
+    def __init__(self, engine: Engine) -> None:
+        self._dialect = engine.dialect
 
-def set_progress(connection: Connection, params: Mapping[str, Any]) -> bool:
-    return bool(_execute(connection, PROGRESS, params))
+    def claim(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> Job | None:
+        row = self._execute(connection, CLAIM, params, fetch=True)
+        if row is None:
+            return None
+        values = dict(zip(_COLUMNS, row, strict=True))
+        values["status"] = JobStatus(values["status"])
+        return job_from_row(values)
 
+    def set_progress(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> bool:
+        return bool(self._execute(connection, PROGRESS, params))
 
-def succeed(connection: Connection, params: Mapping[str, Any]) -> bool:
-    # Json: the column is `json`, and psycopg sends a dict as such only when told.
-    return bool(_execute(connection, SUCCEED, {**params, "outcome": Json(params["outcome"])}))
+    def succeed(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> bool:
+        # Json: the column is `json`, and psycopg sends a dict as such only when told.
+        return bool(self._execute(connection, SUCCEED, {**params, "outcome": Json(params["outcome"])}))
 
-
-def _execute(connection: Connection, sql: str, params: Mapping[str, Any], *, fetch: bool = False) -> Any:
-    """The row RETURNING gave (`fetch`), else the number of rows changed."""
-    pooled = connection.connection
-    driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]  # is_direct
-    try:
-        with driver.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone() if fetch else cursor.rowcount
-    except psycopg.Error as exc:
-        # As SQLAlchemy's own execution would: a lost connection leaves the pool, and callers
-        # catch sqlalchemy.exc.OperationalError / DBAPIError whichever way a statement ran.
-        lost = connection.dialect.is_disconnect(exc, pooled.dbapi_connection, None)  # type: ignore[arg-type]
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, dict(params), exc, psycopg.Error, connection_invalidated=lost, dialect=connection.dialect
-        ) from exc
+    def _execute(
+        self, connection: PoolProxiedConnection, sql: str, params: Mapping[str, Any], *, fetch: bool = False
+    ) -> Any:
+        """The row RETURNING gave (`fetch`), else the number of rows changed."""
+        driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
+        try:
+            with driver.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone() if fetch else cursor.rowcount
+        except psycopg.Error as exc:
+            # As SQLAlchemy's own execution would: a lost connection leaves the pool, and callers
+            # catch sqlalchemy.exc.OperationalError / DBAPIError whichever way a statement ran.
+            lost = self._dialect.is_disconnect(exc, connection.dbapi_connection, None)  # type: ignore[arg-type]
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, dict(params), exc, psycopg.Error, connection_invalidated=lost, dialect=self._dialect
+            ) from exc

@@ -11,6 +11,8 @@ import redis
 from stack.jobs.outbox import RedisOutbox
 
 CHANNEL_PREFIX = "stack:jobs:"  # after the namespace's prefix (Settings.redis_prefix)
+# One encoder for every event: json.dumps(..., default=str) builds a new one per call.
+_encode = json.JSONEncoder(default=str).encode
 
 
 def channel_for(job_id: str, *, prefix: str = "") -> str:
@@ -39,5 +41,5 @@ class RedisPublisher:
         return cls(client, prefix=prefix)
 
     def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        channel, message = channel_for(job_id, prefix=self._prefix), json.dumps(event, default=str)
+        channel, message = channel_for(job_id, prefix=self._prefix), _encode(event)
         self._outbox.send(lambda pipeline: pipeline.publish(channel, message))

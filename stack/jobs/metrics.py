@@ -17,6 +17,7 @@ Best effort, like the events: a Redis that does not answer costs a log line, nev
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -87,6 +88,11 @@ OUTCOMES = (JobStatus.SUCCESS, JobStatus.FAILURE)  # the `status` values of DURA
 
 
 def series_field(labels: Sequence[str]) -> str:
+    return _series_field(tuple(labels))
+
+
+@functools.lru_cache(maxsize=1024)  # a process sees a few kinds and queues, every job
+def _series_field(labels: tuple[str, ...]) -> str:
     return json.dumps(list(labels), separators=(",", ":"))
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, false, text
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, configure_mappers, instrumentation, mapped_column
 
 
 class JobStatus(StrEnum):
@@ -95,6 +96,18 @@ class Job(Base):
 
 
 RUNNING_STATUSES = frozenset({JobStatus.STARTED, JobStatus.PROGRESS})
+
+_new_job = instrumentation.manager_of_class(Job).new_instance
+
+
+def job_from_row(values: Mapping[Any, Any]) -> Job:  # a RowMapping: str keys, typed wider
+    """A Job holding a row's values (already Python types: `status` a JobStatus), built the way
+    the ORM's own loader builds one. `Job(**values)` fires an attribute event per column: 46 µs
+    against 3, paid by every claim, status read and submit."""
+    configure_mappers()  # once, as Job() would; a no-op after
+    job = _new_job()
+    job.__dict__.update(values)
+    return job
 
 
 class Worker(Base):

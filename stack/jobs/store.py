@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,11 +27,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from stack.db import make_engine, session_factory
 from stack.jobs import attempt_sql
+from stack.jobs.attempt_sql import AttemptWrites
 from stack.jobs.liveness import Owner
-from stack.jobs.models import RUNNING_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Worker, utcnow
+from stack.jobs.models import (
+    RUNNING_STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    JobStatus,
+    Worker,
+    job_from_row,
+    utcnow,
+)
 
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _WORKERS: Table = Worker.__table__  # type: ignore[assignment]
@@ -103,6 +113,10 @@ _SUCCEED = _attempt_update(
 )
 
 
+# One of AttemptWrites' statements, unbound: called with the store's AttemptWrites.
+DirectWrite = Callable[[AttemptWrites, PoolProxiedConnection, Mapping[str, Any]], bool]
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A job to create: what a submit knows before its row exists."""
@@ -132,17 +146,27 @@ class JobStore:
         self._session_factory: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
         self._pinned: Connection | None = None
-        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.attempt_sql).
-        self._direct = attempt_sql.is_direct(self._fast)
+        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.attempt_sql)
+        # on a pooled connection's psycopg connection; elsewhere (SQLite) the statements above.
+        self._direct = attempt_sql.AttemptWrites(self._fast) if attempt_sql.is_direct(self._fast) else None
+        self._pinned_raw: PoolProxiedConnection | None = None
 
     @contextmanager
     def pinned(self) -> Iterator[JobStore]:
         """This store on one connection, for writes that belong together — a job attempt's claim,
         progress and outcome: one pool checkout (and pre-ping) per attempt, not one per write.
         A worker holds at most one per slot, which its pool is sized for anyway."""
-        with self._fast.connect() as connection:
-            view = copy.copy(self)
-            view._pinned = connection
+        view = copy.copy(self)
+        if self._direct is None:
+            with self._fast.connect() as connection:
+                view._pinned = connection
+                yield view
+            return
+        # The attempt's own writes need no SQLAlchemy Connection (its set-up and close were 15 %
+        # of an attempt's CPU); its rare other statements (a refused claim's read, a take-over, a
+        # failure) take a connection of their own.
+        with self._raw() as raw:
+            view._pinned_raw = raw
             yield view
 
     @property
@@ -162,7 +186,7 @@ class JobStore:
         # Core and a prebuilt statement: status polling is the most frequent request there is.
         with self._autocommit() as connection:
             row = connection.execute(_GET, {"job_id": job_id}).one_or_none()
-        return Job(**row._mapping) if row is not None else None
+        return job_from_row(row._mapping) if row is not None else None
 
     def list(
         self,
@@ -214,7 +238,7 @@ class JobStore:
         # One row: a single autocommitted statement, no BEGIN and COMMIT round trips.
         with self._autocommit() if len(rows) == 1 else self.engine.begin() as connection:
             connection.execute(_INSERT, rows)
-        return [Job(**row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     def mark_dispatched(self, job_ids: Sequence[str]) -> int:
         """Record that these jobs' messages were published (one statement for many jobs); a job
@@ -247,11 +271,12 @@ class JobStore:
             "worker_pid": owner.pid,
             "now": utcnow(),
         }
+        if self._direct is not None:
+            with self._raw() as raw:
+                return self._direct.claim(raw, params)
         with self._autocommit() as connection:
-            if self._direct:
-                return attempt_sql.claim(connection, params)
             row = connection.execute(_CLAIM, params).one_or_none()
-        return Job(**row._mapping) if row is not None else None
+        return job_from_row(row._mapping) if row is not None else None
 
     def release(self, job: Job, *, reason: str, give_up: str | None, resend: bool) -> Job | None:
         """End `job`'s running attempt, which is known to be lost (see stack.jobs.liveness):
@@ -289,12 +314,12 @@ class JobStore:
         """Record progress, never lower than what was stored. False once the job is no longer
         live (revoked) or no longer on this attempt, which tells the running handler to stop."""
         params = {"job_id": job_id, "attempt": attempt, "percent": percent, "text": clean_text(message)}
-        return self._execute_live(_PROGRESS, attempt_sql.set_progress, params)
+        return self._execute_live(_PROGRESS, AttemptWrites.set_progress, params)
 
     def succeed(self, job_id: str, *, result: Any, attempt: int) -> bool:
         """False when the job stopped being this attempt's first (revoked while finishing)."""
         params = {"job_id": job_id, "attempt": attempt, "outcome": result}
-        return self._execute_live(_SUCCEED, attempt_sql.succeed, params)
+        return self._execute_live(_SUCCEED, AttemptWrites.succeed, params)
 
     def fail(self, job_id: str, *, error: str, attempt: int | None = None) -> Job | None:
         """`attempt`: only while the row is still on that attempt (None: whatever runs)."""
@@ -450,15 +475,25 @@ class JobStore:
                 delete(_WORKERS).where(_WORKERS.c.heartbeat_at < silent_before)
             ).rowcount
 
-    def _execute_live(
-        self, statement: Update, direct: Callable[[Connection, dict[str, Any]], bool], params: dict[str, Any]
-    ) -> bool:
+    def _execute_live(self, statement: Update, direct: DirectWrite, params: dict[str, Any]) -> bool:
         """A write of one attempt: `direct` on PostgreSQL, `statement` elsewhere. True if it landed."""
         params["now"] = utcnow()
+        if self._direct is not None:
+            with self._raw() as raw:
+                return direct(self._direct, raw, params)
         with self._autocommit() as connection:
-            if self._direct:
-                return direct(connection, params)
             return connection.execute(statement, params).rowcount == 1
+
+    @contextmanager
+    def _raw(self) -> Iterator[PoolProxiedConnection]:
+        if self._pinned_raw is not None:
+            yield self._pinned_raw
+            return
+        raw = self._fast.raw_connection()
+        try:
+            yield raw
+        finally:
+            raw.close()
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:

@@ -36,8 +36,9 @@ def engine_url(stack_database_url: str) -> str:
 @pytest.fixture(params=["direct", "portable"])
 def store(request: pytest.FixtureRequest, engine_url: str) -> Iterator[JobStore]:
     store = JobStore(make_engine(engine_url))
-    assert store._direct, "PostgreSQL through psycopg should take the direct statements"
-    store._direct = request.param == "direct"
+    assert store._direct is not None, "PostgreSQL through psycopg should take the direct statements"
+    if request.param == "portable":
+        store._direct = None
     yield store
     store.dispose()
 
@@ -45,6 +46,13 @@ def store(request: pytest.FixtureRequest, engine_url: str) -> Iterator[JobStore]
 def decided(job: Job | None) -> dict[str, Any]:
     assert job is not None
     return {name: getattr(job, name) for name in DECIDED}
+
+
+def backend_pid(pinned: JobStore) -> int:
+    """The PostgreSQL backend of the connection a pinned store holds for its attempt."""
+    pooled = pinned._pinned_raw or (pinned._pinned.connection if pinned._pinned else None)
+    assert pooled is not None, "not a pinned store"
+    return int(pooled.driver_connection.info.backend_pid)  # type: ignore[union-attr]
 
 
 def one_attempt(store: JobStore) -> dict[str, Any]:
@@ -112,9 +120,7 @@ def test_a_connection_lost_mid_attempt_is_sqlalchemys_operational_error_and_leav
     try:
         with store.pinned() as pinned:
             assert pinned.claim(job.id, owner=OWNER) is not None
-            mine = pinned._pinned  # the attempt's own connection
-            assert mine is not None
-            pid = mine.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            pid = backend_pid(pinned)
             with admin.connect() as connection:
                 connection.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
             with pytest.raises(OperationalError) as lost:
