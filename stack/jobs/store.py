@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
 from stack.db import make_engine, session_factory
-from stack.jobs import attempt_sql
-from stack.jobs.attempt_sql import AttemptWrites
+from stack.jobs import direct_sql
+from stack.jobs.direct_sql import DirectWrites
 from stack.jobs.liveness import Owner
 from stack.jobs.models import (
     RUNNING_STATUSES,
@@ -113,8 +113,8 @@ _SUCCEED = _attempt_update(
 )
 
 
-# One of AttemptWrites' statements, unbound: called with the store's AttemptWrites.
-DirectWrite = Callable[[AttemptWrites, PoolProxiedConnection, Mapping[str, Any]], bool]
+# One of DirectWrites' statements, unbound: called with the store's DirectWrites.
+DirectWrite = Callable[[DirectWrites, PoolProxiedConnection, Mapping[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,9 @@ class JobStore:
         self._session_factory: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
         self._pinned: Connection | None = None
-        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.attempt_sql)
+        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.direct_sql)
         # on a pooled connection's psycopg connection; elsewhere (SQLite) the statements above.
-        self._direct = attempt_sql.AttemptWrites(self._fast) if attempt_sql.is_direct(self._fast) else None
+        self._direct = direct_sql.DirectWrites(self._fast) if direct_sql.is_direct(self._fast) else None
         self._pinned_raw: PoolProxiedConnection | None = None
 
     @contextmanager
@@ -173,7 +173,7 @@ class JobStore:
     def _sessions(self) -> sessionmaker[Session]:
         if self._pinned is None:
             return self._session_factory
-        # Built on demand: most attempts only run the statements of stack.jobs.attempt_sql.
+        # Built on demand: most attempts only run the statements of stack.jobs.direct_sql.
         return sessionmaker(bind=self._pinned, expire_on_commit=False)
 
     def dispose(self, *, close: bool = True) -> None:
@@ -235,9 +235,13 @@ class JobStore:
             }
             for new in new_jobs
         ]
-        # One row: a single autocommitted statement, no BEGIN and COMMIT round trips.
-        with self._autocommit() if len(rows) == 1 else self.engine.begin() as connection:
-            connection.execute(_INSERT, rows)
+        if self._direct is not None:
+            with self._raw() as raw:
+                self._direct.insert(raw, rows)
+        else:
+            # One row: a single autocommitted statement, no BEGIN and COMMIT round trips.
+            with self._autocommit() if len(rows) == 1 else self.engine.begin() as connection:
+                connection.execute(_INSERT, rows)
         return [job_from_row(row) for row in rows]
 
     def mark_dispatched(self, job_ids: Sequence[str]) -> int:
@@ -314,12 +318,12 @@ class JobStore:
         """Record progress, never lower than what was stored. False once the job is no longer
         live (revoked) or no longer on this attempt, which tells the running handler to stop."""
         params = {"job_id": job_id, "attempt": attempt, "percent": percent, "text": clean_text(message)}
-        return self._execute_live(_PROGRESS, AttemptWrites.set_progress, params)
+        return self._execute_live(_PROGRESS, DirectWrites.set_progress, params)
 
     def succeed(self, job_id: str, *, result: Any, attempt: int) -> bool:
         """False when the job stopped being this attempt's first (revoked while finishing)."""
         params = {"job_id": job_id, "attempt": attempt, "outcome": result}
-        return self._execute_live(_SUCCEED, AttemptWrites.succeed, params)
+        return self._execute_live(_SUCCEED, DirectWrites.succeed, params)
 
     def fail(self, job_id: str, *, error: str, attempt: int | None = None) -> Job | None:
         """`attempt`: only while the row is still on that attempt (None: whatever runs)."""

@@ -1,4 +1,4 @@
-"""An attempt's writes on a real PostgreSQL: the statements of stack.jobs.attempt_sql keep the rules
+"""An attempt's writes on a real PostgreSQL: the statements of stack.jobs.direct_sql keep the rules
 of the portable ones (stack.jobs.store) and fail the way SQLAlchemy's execution would."""
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
-"""The three writes every job attempt makes — claim, progress, success — in PostgreSQL's own SQL,
-run on the psycopg connection of a pooled connection.
+"""The writes every job makes — its insert, then each attempt's claim, progress and success — in
+PostgreSQL's own SQL, run on the psycopg connection of a pooled connection.
 
-Why: they are a worker's whole cost per job besides Celery's own. Through SQLAlchemy's execution
-(statement cache, parameter set-up, result processing) a claim took 294-330 µs of client CPU and
-a success write 151-168 µs; the same statements on the psycopg cursor take 73-83 and 61-69 µs
-(`benchmarks` drain, and a loop of 2,000 attempts against a real PostgreSQL).
+Why: they are a submit's and a worker's whole cost per job besides Celery's own. Through
+SQLAlchemy's execution (statement cache, parameter set-up, result processing) an insert took
+about 520 µs of client CPU, a claim 294-330 and a success write 151-168; on the psycopg cursor
+the claim takes 73-83 µs and the success 61-69 (loops against a real PostgreSQL; `benchmarks`).
 
 The rules are the same as the portable statements in stack.jobs.store (SQLite uses those): a
-claim takes only a job nobody runs, and a write of an attempt lands only while the row is live
-and still on that attempt. Errors leave as SQLAlchemy's exceptions, a lost connection
-invalidated, so callers see no difference.
+claim takes only a job nobody runs, a write of an attempt lands only while the row is live and
+still on that attempt, and jobs submitted together are inserted all or none. Errors leave as
+SQLAlchemy's exceptions, a lost connection invalidated, so callers see no difference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -28,6 +29,16 @@ from stack.jobs.models import TERMINAL_STATUSES, Job, JobStatus, job_from_row
 _TABLE: Table = Job.__table__  # type: ignore[assignment]  # a Table at runtime
 _COLUMNS = tuple(column.name for column in _TABLE.c)
 _LIVE = "status NOT IN ({})".format(", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STATUSES)))
+
+INSERT = f"""
+INSERT INTO {_TABLE.name} (
+    id, kind, queue, status, progress, message, params, attempts, lost_attempts,
+    created_at, updated_at, canary
+) VALUES (
+    %(id)s, %(kind)s, %(queue)s, %(status)s, %(progress)s, %(message)s, %(params)s, %(attempts)s,
+    %(lost_attempts)s, %(created_at)s, %(updated_at)s, %(canary)s
+)
+"""
 
 CLAIM = f"""
 UPDATE {_TABLE.name} SET
@@ -60,12 +71,23 @@ def is_direct(engine: Engine) -> bool:
     return bool(dialect.name == "postgresql" and dialect.driver == "psycopg")
 
 
-class AttemptWrites:
+class DirectWrites:
     """The statements on a pooled connection of `engine` (one an attempt holds, see
     JobStore.pinned): the pool's checkout, idle ping and invalidation stay SQLAlchemy's."""
 
     def __init__(self, engine: Engine) -> None:
         self._dialect = engine.dialect
+
+    def insert(self, connection: PoolProxiedConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """New jobs' rows (NewJob's columns, `status` a JobStatus): one autocommitted statement, or
+        a transaction whose INSERTs psycopg pipelines."""
+        values = [{**row, "status": row["status"].value, "params": Json(row["params"])} for row in rows]
+        if len(values) == 1:
+            self._execute(connection, INSERT, values[0])
+            return
+        driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
+        with self._translated(connection, INSERT, values[0]), driver.transaction(), driver.cursor() as cursor:
+            cursor.executemany(INSERT, values)
 
     def claim(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> Job | None:
         row = self._execute(connection, CLAIM, params, fetch=True)
@@ -87,13 +109,20 @@ class AttemptWrites:
     ) -> Any:
         """The row RETURNING gave (`fetch`), else the number of rows changed."""
         driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
+        with self._translated(connection, sql, params), driver.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if fetch else cursor.rowcount
+
+    @contextmanager
+    def _translated(
+        self, connection: PoolProxiedConnection, sql: str, params: Mapping[str, Any]
+    ) -> Iterator[None]:
+        """psycopg's errors as SQLAlchemy's own execution raises them: a lost connection leaves
+        the pool, and callers catch sqlalchemy.exc.OperationalError / DBAPIError whichever way a
+        statement ran."""
         try:
-            with driver.cursor() as cursor:
-                cursor.execute(sql, params)
-                return cursor.fetchone() if fetch else cursor.rowcount
+            yield
         except psycopg.Error as exc:
-            # As SQLAlchemy's own execution would: a lost connection leaves the pool, and callers
-            # catch sqlalchemy.exc.OperationalError / DBAPIError whichever way a statement ran.
             lost = self._dialect.is_disconnect(exc, connection.dbapi_connection, None)  # type: ignore[arg-type]
             if lost:
                 connection.invalidate(exc)
