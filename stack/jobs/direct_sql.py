@@ -76,7 +76,21 @@ class DirectWrites:
     JobStore.pinned): the pool's checkout, idle ping and invalidation stay SQLAlchemy's."""
 
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._dialect = engine.dialect
+
+    @contextmanager
+    def connection(self) -> Iterator[PoolProxiedConnection]:
+        """A pooled connection of the engine. A failed connect raises as Engine.connect() does
+        (sqlalchemy.exc.OperationalError), where raw_connection() would let psycopg's through."""
+        try:
+            pooled = self._engine.raw_connection()
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(None, None, exc, psycopg.Error, dialect=self._dialect) from exc
+        try:
+            yield pooled
+        finally:
+            pooled.close()
 
     def insert(self, connection: PoolProxiedConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         """New jobs' rows (NewJob's columns, `status` a JobStatus): one autocommitted statement, or

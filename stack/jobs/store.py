@@ -490,14 +490,13 @@ class JobStore:
 
     @contextmanager
     def _raw(self) -> Iterator[PoolProxiedConnection]:
+        """The pooled connection of the direct statements: the attempt's own when pinned."""
+        assert self._direct is not None
         if self._pinned_raw is not None:
             yield self._pinned_raw
             return
-        raw = self._fast.raw_connection()
-        try:
+        with self._direct.connection() as raw:
             yield raw
-        finally:
-            raw.close()
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:

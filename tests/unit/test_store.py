@@ -6,12 +6,16 @@ import json
 from datetime import timedelta
 
 import fakeredis
+import pytest
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
+from stack.db import make_engine
 from stack.jobs.events import RedisPublisher, channel_for
 from stack.jobs.liveness import Owner
 from stack.jobs.migrate import current_revision, head_revision, upgrade
 from stack.jobs.models import JobStatus, as_utc, utcnow
+from stack.jobs.store import JobStore
 from stack.runtime import Runtime
 
 
@@ -175,3 +179,22 @@ def test_mark_dispatched_keeps_the_time_a_claim_recorded(runtime: Runtime) -> No
     assert claimed is not None and claimed.dispatched_at is not None
     assert store.mark_dispatched([job.id]) == 0
     assert as_utc(store.get(job.id).dispatched_at) == as_utc(claimed.dispatched_at)  # type: ignore[union-attr, arg-type]
+
+
+def test_postgresql_unreachable_is_sqlalchemys_operational_error_on_every_direct_write() -> None:
+    """The direct statements (stack.jobs.direct_sql) check out raw connections: a refused connect
+    must still reach callers as the error the API turns into 503 and a worker into a retry."""
+    store = JobStore(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing"))
+    assert store._direct is not None
+    owner = Owner("w1", worker_id="id-1", pid=11)
+    try:
+        with pytest.raises(OperationalError):
+            store.create(kind="demo", queue="default", params={})
+        with pytest.raises(OperationalError):
+            store.claim("some-id", owner=owner)
+        with pytest.raises(OperationalError):
+            store.succeed("some-id", result=None, attempt=1)
+        with pytest.raises(OperationalError), store.pinned():
+            pass
+    finally:
+        store.dispose()
