@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from kombu import Producer
+
 from stack.jobs.batching import BatchWriter
 from stack.jobs.models import Job
 from stack.jobs.registry import JobKind
@@ -36,6 +38,7 @@ class GroupSubmitter:
             name="stack-submits",
             on_error=self._failed,
         )
+        self._producer: Producer | None = None  # the writer thread's, for all its publishes
 
     async def submit(self, kind: JobKind, params: dict[str, Any]) -> Job:
         """The job, committed and published (or deferred) when this returns; raises what
@@ -48,9 +51,13 @@ class GroupSubmitter:
     def close(self) -> None:
         """Write what is waiting; the API calls it once it serves no more requests."""
         self._writer.close()
+        if self._producer is not None:
+            self._producer.release()
 
     def _write(self, group: Sequence[_Waiting]) -> None:
-        outcomes = self._service.submit_many([submit for submit, _ in group])
+        if self._producer is None and self._service.celery is not None:
+            self._producer = self._service.celery.producer_pool.acquire(block=True)
+        outcomes = self._service.submit_many([submit for submit, _ in group], producer=self._producer)
         _settle([future for _, future in group], outcomes)
 
     def _failed(self, group: Sequence[_Waiting], exc: Exception) -> None:

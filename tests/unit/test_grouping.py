@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from kombu import Producer
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
@@ -35,15 +36,20 @@ class GatedService:
 
     def __init__(self, service: JobService) -> None:
         self.service = service
+        self.celery = service.celery
         self.groups: list[int] = []
+        self.producers: list[Producer | None] = []
         self.writing = threading.Event()
         self.go_on = threading.Event()
 
-    def submit_many(self, submits: Sequence[Submit]) -> list[Job | Exception]:
+    def submit_many(
+        self, submits: Sequence[Submit], *, producer: Producer | None = None
+    ) -> list[Job | Exception]:
         self.groups.append(len(submits))
+        self.producers.append(producer)
         self.writing.set()
         assert self.go_on.wait(10), "the test never let the first group go on"
-        return self.service.submit_many(submits)
+        return self.service.submit_many(submits, producer=producer)
 
 
 async def _wait_for(event: threading.Event, what: str) -> None:
@@ -67,6 +73,8 @@ def test_submits_arriving_during_a_write_go_in_the_next_group(service: JobServic
     jobs = asyncio.run(scenario())
     submits.close()
     assert gated.groups == [1, 5]
+    first, second = gated.producers
+    assert first is not None and second is first, "the writer publishes through one producer it holds"
     assert [job.params["seconds"] for job in jobs] == [0, 1, 2, 3, 4, 5]  # each caller its own job
     assert len({job.id for job in jobs}) == 6
     for job in jobs:
