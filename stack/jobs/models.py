@@ -97,6 +97,15 @@ class Job(Base):
 
 RUNNING_STATUSES = frozenset({JobStatus.STARTED, JobStatus.PROGRESS})
 
+# The columns every new job starts with, whatever was submitted (stack.jobs.store, direct_sql).
+NEW_JOB_STATE: dict[str, Any] = {
+    "status": JobStatus.PENDING,
+    "progress": 0,
+    "message": "queued",
+    "attempts": 0,
+    "lost_attempts": 0,
+}
+
 _new_job = instrumentation.manager_of_class(Job).new_instance
 _MAPPER = Job.__mapper__
 

@@ -34,6 +34,7 @@ from stack.jobs import direct_sql
 from stack.jobs.direct_sql import DirectWrites
 from stack.jobs.liveness import Owner
 from stack.jobs.models import (
+    NEW_JOB_STATE,
     RUNNING_STATUSES,
     TERMINAL_STATUSES,
     Job,
@@ -223,15 +224,11 @@ class JobStore:
                 "id": new_job_id(),
                 "kind": new.kind,
                 "queue": new.queue,
-                "status": JobStatus.PENDING,
-                "progress": 0,
-                "message": "queued",
                 "params": new.params,
-                "attempts": 0,
-                "lost_attempts": 0,
                 "created_at": now,
                 "updated_at": now,
                 "canary": new.canary,
+                **NEW_JOB_STATE,
             }
             for new in new_jobs
         ]
