@@ -15,7 +15,7 @@ from stack.db import make_engine
 from stack.jobs.liveness import Owner
 from stack.jobs.migrate import upgrade
 from stack.jobs.models import Job, JobStatus
-from stack.jobs.store import JobStore
+from stack.jobs.store import JobStore, NewJob
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +131,29 @@ def test_a_connection_lost_mid_attempt_is_sqlalchemys_operational_error_and_leav
     finally:
         admin.dispose()
     assert decided(store.get(job.id))["result"] == {"n": 1}
+
+
+def test_jobs_submitted_together_are_inserted_all_or_none(store: JobStore) -> None:
+    group = [NewJob(kind="demo", queue="default", params={"n": n}) for n in range(3)]
+    made = store.create_many(group)
+    for job, n in zip(made, range(3), strict=True):
+        stored = store.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.progress, stored.message, stored.params) == (
+            JobStatus.PENDING,
+            0,
+            "queued",
+            {"n": n},
+        )
+        assert (stored.attempts, stored.lost_attempts, stored.canary, stored.dispatched_at) == (
+            0,
+            0,
+            False,
+            None,
+        )
+        assert stored.created_at == stored.updated_at == job.created_at
+    before = len(store.list(limit=1000))
+    refused = NewJob(kind="k" * 101, queue="default", params={})  # kind is 100 long
+    with pytest.raises(DataError):
+        store.create_many([NewJob(kind="demo", queue="default", params={}), refused])
+    assert len(store.list(limit=1000)) == before, "the group's other row must not stay"
