@@ -69,11 +69,12 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 class CountingRedis(fakeredis.FakeRedis):
-    """Counts pipelines executed: one per round trip."""
+    """Counts pipelines executed (one per round trip) and records the commands they sent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.round_trips = 0
+        self.commands: list[str] = []
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         pipeline = super().pipeline(transaction=transaction, shard_hint=shard_hint)
@@ -81,6 +82,7 @@ class CountingRedis(fakeredis.FakeRedis):
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.round_trips += 1
+            self.commands += [command[0][0] for command in pipeline.command_stack]
             return execute(*args, **kwargs)
 
         pipeline.execute = counted  # type: ignore[method-assign]
