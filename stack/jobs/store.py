@@ -147,8 +147,9 @@ class JobStore:
         self._session_factory: sessionmaker[Session] = session_factory(self._fast)
         self._transactions: sessionmaker[Session] = session_factory(engine)
         self._pinned: Connection | None = None
-        # An attempt's claim, progress and outcome in PostgreSQL's own SQL (stack.jobs.direct_sql)
-        # on a pooled connection's psycopg connection; elsewhere (SQLite) the statements above.
+        # A job's insert and its attempts' claim, progress and outcome in PostgreSQL's own SQL
+        # (stack.jobs.direct_sql) on a pooled connection's psycopg connection; elsewhere (SQLite)
+        # the statements above.
         self._direct = direct_sql.DirectWrites(self._fast) if direct_sql.is_direct(self._fast) else None
         self._pinned_raw: PoolProxiedConnection | None = None
 
@@ -216,8 +217,8 @@ class JobStore:
         return self.create_many([NewJob(kind=kind, queue=queue, params=params, canary=canary)])[0]
 
     def create_many(self, new_jobs: Sequence[NewJob]) -> Sequence[Job]:
-        """`create` for jobs submitted together, all committed or none: one transaction (BEGIN,
-        the INSERTs in one psycopg pipeline, COMMIT) whatever their number."""
+        """`create` for jobs submitted together, all committed or none: one autocommitted INSERT
+        for a single job, a transaction (its INSERTs in one psycopg pipeline) for several."""
         now = utcnow()
         rows = [
             {
