@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Collection
 
 import psutil
 
@@ -25,13 +26,16 @@ def _group(process: psutil.Process) -> str:
     return "stack"  # the API or worker processes under measurement
 
 
-def cpu_by_group() -> Counter[str]:
-    """CPU seconds (user + system) so far of this process ("load") and each of its descendants,
-    by group. Only processes alive now count: start the meter after the processes it watches."""
+def cpu_by_group(exclude: Collection[int] = ()) -> Counter[str]:
+    """CPU seconds (user + system) so far of this process ("load") and each of its descendants
+    but those in `exclude`, by group. Only processes alive now count: start the meter after the
+    processes it watches."""
     me = psutil.Process(os.getpid())
     times = me.cpu_times()
     seconds: Counter[str] = Counter({"load": times.user + times.system})
     for child in me.children(recursive=True):
+        if child.pid in exclude:
+            continue
         try:
             times = child.cpu_times()
             seconds[_group(child)] += times.user + times.system
@@ -41,18 +45,20 @@ def cpu_by_group() -> Counter[str]:
 
 
 class CpuMeter:
-    """`with CpuMeter() as meter: ...`, then `meter.per_operation(n)`: µs of CPU per operation."""
+    """`with CpuMeter() as meter: ...`, then `meter.per_operation(n)`: µs of CPU per operation.
+    The processes in `exclude` (say, an idle worker beside the one measured) are left out."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Collection[int] = ()) -> None:
+        self.exclude = exclude
         self._before: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
 
     def __enter__(self) -> CpuMeter:
-        self._before = cpu_by_group()
+        self._before = cpu_by_group(self.exclude)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        after = cpu_by_group()
+        after = cpu_by_group(self.exclude)
         self.seconds = Counter({group: max(0.0, after[group] - self._before[group]) for group in GROUPS})
 
     def per_operation(self, count: int) -> dict[str, float]:

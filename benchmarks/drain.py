@@ -1,9 +1,14 @@
 """Pipeline drain: N queued jobs through our job layer against N bare Celery no-op tasks.
 
 Both run on the same worker command line (the stack's worker role: pool, concurrency, prefetch,
-acks_late, events), one after the other. To time the workers and not the submitting, each worker
-first stops consuming its queue, the N messages are queued, and the clock starts when it consumes
-again; it stops at the N-th `task-succeeded` event (the worker sends them for both).
+acks_late, events). To time the workers and not the submitting, a worker first stops consuming its
+queue, the messages are queued, and the clock starts when it consumes again; it stops at the last
+`task-succeeded` event (the worker sends them for both).
+
+Both workers run side by side, and the N jobs of each are drained in rounds of N/2 in the order
+ours, bare, bare, ours: this VM's speed drifts by up to half within a minute, and a drift during
+the run then weighs on both sides alike instead of on whichever went second. Each worker first
+drains a few untimed jobs (its pool processes connect and import on their first job).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from benchmarks.bare import BARE_QUEUE, NOOP_TASK, create_bare_celery
 from benchmarks.cpu import CpuMeter, describe
@@ -107,38 +114,83 @@ def _set_consuming(app: Any, node: str, queue: str, *, consume: bool) -> None:
         raise DrainError(f"worker {node} did not answer {'add' if consume else 'cancel'}_consumer({queue})")
 
 
-def drain(
-    *,
-    name: str,
-    app: Any,
-    node: str,
-    queue: str,
-    submit: Any,
-    count: int,
-    timeout: float,
-    settle: Callable[[], object] = lambda: None,
-) -> DrainFigures:
-    """Pause `node` on `queue`, `submit()` `count` messages (each returns its task id), `settle()`
-    what the submitting left to do in the background, resume and time until all succeeded."""
-    _set_consuming(app, node, queue, consume=False)
-    ids = {submit() for _ in range(count)}
-    settle()
-    counter = SuccessCounter(app, ids)
+# The order of the timed rounds (see the module docstring), and the untimed jobs drained first.
+ROUNDS = ("ours", "bare", "bare", "ours")
+WARMUP_JOBS = 50
+
+
+@dataclass
+class DrainSide:
+    """One side of the drain: its running worker, its Celery app and queue, and how it submits."""
+
+    name: str
+    app: Any
+    queue: str
+    submit: Callable[[], str]  # queues one message, returns its task id
+    worker: stackproc.StackProcess
+    # What the submitting left to do in the background, done before the clock starts.
+    settle: Callable[[], object] = lambda: None
+
+    def process_ids(self) -> set[int]:
+        """The worker's main process and its pool processes."""
+        if self.worker.pid is None:
+            return set()
+        try:
+            main = psutil.Process(self.worker.pid)
+            return {main.pid, *(child.pid for child in main.children(recursive=True))}
+        except psutil.Error:
+            return set()
+
+
+def drain(side: DrainSide, *, count: int, timeout: float, idle: Collection[int] = ()) -> DrainFigures:
+    """Pause `side`'s worker, queue `count` messages, settle, resume and time until all succeeded.
+    The CPU of the processes in `idle` (the other side's paused worker) is left out."""
+    assert side.worker.node is not None
+    _set_consuming(side.app, side.worker.node, side.queue, consume=False)
+    ids = {side.submit() for _ in range(count)}
+    side.settle()
+    counter = SuccessCounter(side.app, ids)
     counter.start()
     try:
-        with CpuMeter() as meter:
+        with CpuMeter(exclude=idle) as meter:
             started = time.perf_counter()
-            _set_consuming(app, node, queue, consume=True)
+            _set_consuming(side.app, side.worker.node, side.queue, consume=True)
             if not counter.done.wait(timeout):
                 finished = counter.succeeded + counter.failed
-                raise DrainError(f"{name}: {finished} of {count} tasks finished within {timeout:g} s")
+                raise DrainError(f"{side.name}: {finished} of {count} tasks finished within {timeout:g} s")
     finally:
         counter.stop()
     cpu = meter.per_operation(count)
-    log.info("%s: drained %d in %.2f s (%s per job)", name, count, counter.last_at - started, describe(cpu))
+    seconds = counter.last_at - started
+    log.info("%s: drained %d in %.2f s (%s per job)", side.name, count, seconds, describe(cpu))
+    return DrainFigures(name=side.name, jobs=count, seconds=seconds, failed=counter.failed, cpu=cpu)
+
+
+def combine(rounds: list[DrainFigures]) -> DrainFigures:
+    """One side's rounds as one drain: all its jobs over all its timed seconds."""
+    jobs = sum(r.jobs for r in rounds)
+    groups = {group for r in rounds for group in r.cpu}
     return DrainFigures(
-        name=name, jobs=count, seconds=counter.last_at - started, failed=counter.failed, cpu=cpu
+        name=rounds[0].name,
+        jobs=jobs,
+        seconds=sum(r.seconds for r in rounds),
+        failed=sum(r.failed for r in rounds),
+        cpu={g: sum(r.cpu.get(g, 0.0) * r.jobs for r in rounds) / jobs for g in groups} if jobs else {},
     )
+
+
+def interleaved(sides: dict[str, DrainSide], *, count: int, timeout: float) -> dict[str, DrainFigures]:
+    """Warm every side up, then drain `count` messages per side in the rounds of ROUNDS."""
+    for side in sides.values():
+        drain(side, count=WARMUP_JOBS, timeout=timeout)
+    rounds_of = {name: ROUNDS.count(name) for name in sides}
+    timed: dict[str, list[DrainFigures]] = {name: [] for name in sides}
+    for name in ROUNDS:
+        done = len(timed[name])
+        size = count * (done + 1) // rounds_of[name] - count * done // rounds_of[name]
+        idle = set().union(*(other.process_ids() for other in sides.values() if other.name != name))
+        timed[name].append(drain(sides[name], count=size, timeout=timeout, idle=idle))
+    return {name: combine(rounds) for name, rounds in timed.items()}
 
 
 def worker_argv(settings: Settings, *, app: str | None = None, queue: str | None = None) -> list[str]:
@@ -164,36 +216,6 @@ def worker_settings(stack: stackproc.StackEnv, *, name: str, queues: str = "all"
     )
 
 
-def _drain_through_worker(
-    env: stackproc.StackEnv,
-    *,
-    name: str,
-    argv: list[str],
-    app: Any,
-    queue: str,
-    submit: Any,
-    log_dir: Path,
-    count: int,
-    timeout: float,
-    settle: Callable[[], object] = lambda: None,
-) -> DrainFigures:
-    """Start worker `name` with `argv`, drain `count` messages of `submit()` through it, stop it."""
-    with stackproc.running(lambda: stackproc.start_worker(env, log_dir=log_dir, name=name, argv=argv)) as (
-        worker,
-    ):
-        assert worker.node is not None
-        return drain(
-            name=name,
-            app=app,
-            node=worker.node,
-            queue=queue,
-            submit=submit,
-            count=count,
-            timeout=timeout,
-            settle=settle,
-        )
-
-
 def run_drain(
     *,
     stack: stackproc.StackEnv,
@@ -216,28 +238,6 @@ def run_drain(
     service = JobService(runtime, celery)
     params = kind.validate({"seconds": 0, "steps": steps}).model_dump(mode="json")
 
-    def submit_ours() -> str:
-        return service.submit(kind, params).id
-
-    try:
-        ours = _drain_through_worker(
-            stack,
-            name="ours",
-            argv=worker_argv(settings, queue=None),
-            app=celery,
-            queue=kind.queue,
-            submit=submit_ours,
-            # The submits' dispatch marks (one UPDATE of the 1,000 rows) must not land during the
-            # drain: they would compete with the claims the clock measures.
-            settle=lambda: service.dispatched.flush(60),
-            log_dir=log_dir,
-            count=count,
-            timeout=timeout,
-        )
-    finally:
-        service.close()  # writes its pending dispatch marks before the engines go
-        runtime.store.dispose()
-
     bare_settings = worker_settings(bare, name="bare", queues=BARE_QUEUE)
     bare_celery = create_bare_celery(bare_settings)
 
@@ -246,15 +246,33 @@ def run_drain(
         bare_celery.send_task(NOOP_TASK, args=[task_id], task_id=task_id, queue=BARE_QUEUE)
         return task_id
 
-    baseline = _drain_through_worker(
-        bare,
-        name="bare",
-        argv=worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE),
-        app=bare_celery,
-        queue=BARE_QUEUE,
-        submit=submit_bare,
-        log_dir=log_dir,
-        count=count,
-        timeout=timeout,
-    )
-    return ours, baseline
+    try:
+        with stackproc.running(
+            lambda: stackproc.start_worker(
+                stack, log_dir=log_dir, name="ours", argv=worker_argv(settings, queue=None)
+            ),
+            lambda: stackproc.start_worker(
+                bare,
+                log_dir=log_dir,
+                name="bare",
+                argv=worker_argv(bare_settings, app=BARE_APP, queue=BARE_QUEUE),
+            ),
+        ) as (ours_worker, bare_worker):
+            sides = {
+                "ours": DrainSide(
+                    "ours",
+                    celery,
+                    kind.queue,
+                    submit=lambda: service.submit(kind, params).id,
+                    worker=ours_worker,
+                    # The submits' dispatch marks (one UPDATE of the rows) must not land during
+                    # the drain: they would compete with the claims the clock measures.
+                    settle=lambda: service.dispatched.flush(60),
+                ),
+                "bare": DrainSide("bare", bare_celery, BARE_QUEUE, submit=submit_bare, worker=bare_worker),
+            }
+            figures = interleaved(sides, count=count, timeout=timeout)
+    finally:
+        service.close()  # writes its pending dispatch marks before the engines go
+        runtime.store.dispose()
+    return figures["ours"], figures["bare"]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from benchmarks.cpu import GROUPS, CpuMeter, describe
-from benchmarks.drain import DrainFigures
+from benchmarks.drain import ROUNDS, DrainFigures, DrainSide, combine, interleaved
 from benchmarks.enqueue import EnqueueFigures
 from benchmarks.figures import BenchFigures
 from benchmarks.httpload import LoadResult
@@ -255,6 +255,61 @@ def test_cpu_meter_counts_the_processes_it_watches_per_operation() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_cpu_meter_leaves_out_the_excluded_processes() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _BURN.replace("0.3", "30")])  # burns throughout
+    try:
+        burner = psutil.Process(child.pid)
+        with CpuMeter(exclude={child.pid}) as meter:
+            start = sum(burner.cpu_times()[:2])
+            deadline = time.monotonic() + 20
+            while sum(burner.cpu_times()[:2]) - start < 0.3:
+                assert time.monotonic() < deadline, "the child did not burn 0.3 s of CPU within 20 s"
+                time.sleep(0.02)
+        assert meter.seconds["stack"] < 0.1, meter.seconds  # the burner's 0.3 s are not there
+    finally:
+        child.kill()
+        child.wait()
+
+
+# --- the drain's rounds ----------------------------------------------------------------------------
+def test_combine_is_all_jobs_over_all_timed_seconds() -> None:
+    rounds = [
+        DrainFigures("ours", 500, 1.0, cpu={"stack": 2000.0, "total": 3000.0}),
+        DrainFigures("ours", 500, 0.25, failed=1, cpu={"stack": 1000.0, "total": 1000.0}),
+    ]
+    whole = combine(rounds)
+    assert (whole.name, whole.jobs, whole.seconds, whole.failed) == ("ours", 1000, 1.25, 1)
+    assert whole.rate == pytest.approx(800.0)  # not the mean of 500 and 2,000 jobs/s
+    assert whole.cpu == pytest.approx({"stack": 1500.0, "total": 2000.0})  # weighted by jobs
+
+
+def test_interleaved_warms_up_then_drains_in_abba_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int, set[int]]] = []
+
+    def fake_drain(side: DrainSide, *, count: int, timeout: float, idle: Any = ()) -> DrainFigures:
+        calls.append((side.name, count, set(idle)))
+        return DrainFigures(side.name, count, count / (100.0 if side.name == "ours" else 200.0))
+
+    class Worker:
+        def __init__(self, pid: int) -> None:
+            self.pid, self.node = pid, f"w{pid}@host"
+
+    monkeypatch.setattr("benchmarks.drain.drain", fake_drain)
+    monkeypatch.setattr(DrainSide, "process_ids", lambda side: {side.worker.pid})
+    sides = {
+        name: DrainSide(name, app=None, queue="q", submit=lambda: "id", worker=Worker(pid))  # type: ignore[arg-type]
+        for name, pid in (("ours", 1), ("bare", 2))
+    }
+    figures = interleaved(sides, count=1001, timeout=5)
+    warm_up, timed = calls[:2], calls[2:]
+    assert [name for name, _, _ in warm_up] == ["ours", "bare"]
+    assert [name for name, _, _ in timed] == list(ROUNDS) == ["ours", "bare", "bare", "ours"]
+    assert [count for _, count, _ in timed] == [500, 500, 501, 501]  # each side's 1,001 jobs
+    assert [idle for _, _, idle in timed] == [{2}, {1}, {1}, {2}]  # the other side's worker
+    assert (figures["ours"].jobs, figures["bare"].jobs) == (1001, 1001)
+    assert figures["ours"].rate == pytest.approx(100.0) and figures["bare"].rate == pytest.approx(200.0)
 
 
 def test_cpu_per_operation_is_a_figure_when_both_sides_measured_it() -> None:
