@@ -44,6 +44,26 @@ def cpu_by_group(exclude: Collection[int] = ()) -> Counter[str]:
     return seconds
 
 
+def process_tree(pid: int | None) -> set[int]:
+    """`pid` and its descendants (a server's workers, a worker's pool); empty once it is gone."""
+    if pid is None:
+        return set()
+    try:
+        root = psutil.Process(pid)
+        return {root.pid, *(child.pid for child in root.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+def per_operation(seconds: Counter[str], count: int) -> dict[str, float]:
+    """µs per operation by group, and their `total`; empty when nothing was counted."""
+    if count <= 0:
+        return {}
+    per = {group: seconds[group] / count * 1e6 for group in GROUPS}
+    per["total"] = sum(per.values())
+    return per
+
+
 class CpuMeter:
     """`with CpuMeter() as meter: ...`, then `meter.per_operation(n)`: µs of CPU per operation.
     The processes in `exclude` (say, an idle worker beside the one measured) are left out."""
@@ -62,12 +82,7 @@ class CpuMeter:
         self.seconds = Counter({group: max(0.0, after[group] - self._before[group]) for group in GROUPS})
 
     def per_operation(self, count: int) -> dict[str, float]:
-        """µs per operation by group, and their `total`; empty when nothing was counted."""
-        if count <= 0:
-            return {}
-        per = {group: self.seconds[group] / count * 1e6 for group in GROUPS}
-        per["total"] = sum(per.values())
-        return per
+        return per_operation(self.seconds, count)
 
 
 def describe(per_operation: dict[str, float]) -> str:

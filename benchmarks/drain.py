@@ -6,9 +6,8 @@ queue, the messages are queued, and the clock starts when it consumes again; it 
 `task-succeeded` event (the worker sends them for both).
 
 Both workers run side by side, and the N jobs of each are drained in rounds of N/2 in the order
-ours, bare, bare, ours: this VM's speed drifts by up to half within a minute, and a drift during
-the run then weighs on both sides alike instead of on whichever went second. Each worker first
-drains a few untimed jobs (its pool processes connect and import on their first job).
+ours, bare, bare, ours (benchmarks.rounds), the idle worker's CPU left out of each round's.
+Each worker first drains a few untimed jobs.
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks.bare import BARE_QUEUE, NOOP_TASK, create_bare_celery
-from benchmarks.cpu import CpuMeter, describe
+from benchmarks.cpu import CpuMeter, describe, process_tree
+from benchmarks.rounds import interleave, share
 from loadtests import stackproc
 from stack import roles
 from stack.config import Settings, load_settings
@@ -114,8 +112,7 @@ def _set_consuming(app: Any, node: str, queue: str, *, consume: bool) -> None:
         raise DrainError(f"worker {node} did not answer {'add' if consume else 'cancel'}_consumer({queue})")
 
 
-# The order of the timed rounds (see the module docstring), and the untimed jobs drained first.
-ROUNDS = ("ours", "bare", "bare", "ours")
+# Untimed jobs each worker drains first: its pool processes connect and import on their first jobs.
 WARMUP_JOBS = 50
 
 
@@ -130,16 +127,6 @@ class DrainSide:
     worker: stackproc.StackProcess
     # What the submitting left to do in the background, done before the clock starts.
     settle: Callable[[], object] = lambda: None
-
-    def process_ids(self) -> set[int]:
-        """The worker's main process and its pool processes."""
-        if self.worker.pid is None:
-            return set()
-        try:
-            main = psutil.Process(self.worker.pid)
-            return {main.pid, *(child.pid for child in main.children(recursive=True))}
-        except psutil.Error:
-            return set()
 
 
 def drain(side: DrainSide, *, count: int, timeout: float, idle: Collection[int] = ()) -> DrainFigures:
@@ -180,17 +167,16 @@ def combine(rounds: list[DrainFigures]) -> DrainFigures:
 
 
 def interleaved(sides: dict[str, DrainSide], *, count: int, timeout: float) -> dict[str, DrainFigures]:
-    """Warm every side up, then drain `count` messages per side in the rounds of ROUNDS."""
+    """Warm every side up, then drain `count` messages per side in interleaved rounds."""
     for side in sides.values():
         drain(side, count=WARMUP_JOBS, timeout=timeout)
-    rounds_of = {name: ROUNDS.count(name) for name in sides}
-    timed: dict[str, list[DrainFigures]] = {name: [] for name in sides}
-    for name in ROUNDS:
-        done = len(timed[name])
-        size = count * (done + 1) // rounds_of[name] - count * done // rounds_of[name]
-        idle = set().union(*(other.process_ids() for other in sides.values() if other.name != name))
-        timed[name].append(drain(sides[name], count=size, timeout=timeout, idle=idle))
-    return {name: combine(rounds) for name, rounds in timed.items()}
+
+    def one_round(name: str, index: int) -> DrainFigures:
+        others = [side for side in sides.values() if side.name != name]
+        idle = set().union(*(process_tree(side.worker.pid) for side in others))
+        return drain(sides[name], count=share(count, name, index), timeout=timeout, idle=idle)
+
+    return {name: combine(rounds) for name, rounds in interleave(one_round).items()}
 
 
 def worker_argv(settings: Settings, *, app: str | None = None, queue: str | None = None) -> list[str]:

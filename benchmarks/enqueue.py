@@ -3,17 +3,21 @@
 Both are served by uvicorn with the same worker count, options and log level, publishing to the
 same Redis: ours by the stack's api role (one SO_REUSEPORT socket per worker), bare by uvicorn's
 own `--workers` (one shared socket), as a team without the stack runs it. No worker consumes:
-this measures the API.
+this measures the API. Both servers run side by side; each load is measured in interleaved rounds
+(benchmarks.rounds), the idle server's CPU left out of the peak's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import httpload
-from benchmarks.cpu import CpuMeter, describe
+from benchmarks.cpu import CpuMeter, describe, per_operation, process_tree
+from benchmarks.rounds import interleave, rounds_of, share
 from loadtests import stackproc
 from stack import roles
 from stack.config import load_settings
@@ -67,40 +71,86 @@ def start_bare_api(stack: stackproc.StackEnv, *, port: int, log_dir: Path) -> st
     return stackproc.start_api(stack, port=port, log_dir=log_dir, name="bare-api", argv=argv)
 
 
-def measure(name: str, request: httpload.Request, plan: EnqueuePlan) -> EnqueueFigures:
+@dataclass
+class EnqueueSide:
+    """One side: the request it answers and its running API server."""
+
+    name: str
+    request: httpload.Request
+    api: stackproc.StackProcess
+
+
+def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, EnqueueFigures]:
+    """Each load on every side, in interleaved rounds (benchmarks.rounds), after a warm-up."""
     run = httpload.run
-    run(httpload.closed_loop(request, connections=4, count=plan.warmup, max_seconds=20))
-    sequential = run(httpload.sequential(request, count=plan.sequential, max_seconds=60))
-    at_rate = run(httpload.open_loop(request, rate=plan.rate, duration=plan.rate_seconds))
-    with CpuMeter() as meter:
-        peak = run(
-            httpload.closed_loop(
-                request,
+    for side in sides.values():
+        run(httpload.closed_loop(side.request, connections=4, count=plan.warmup, max_seconds=20))
+
+    def sequential(name: str, index: int) -> httpload.LoadResult:
+        count = share(plan.sequential, name, index)
+        return run(httpload.sequential(sides[name].request, count=count, max_seconds=60))
+
+    def at_rate(name: str, index: int) -> httpload.LoadResult:
+        seconds = plan.rate_seconds / rounds_of(name)
+        return run(httpload.open_loop(sides[name].request, rate=plan.rate, duration=seconds))
+
+    cpu_seconds: dict[str, Counter[str]] = {name: Counter() for name in sides}
+
+    def peak(name: str, index: int) -> httpload.LoadResult:
+        seconds = plan.peak_seconds / rounds_of(name)
+        idle = set().union(*(process_tree(side.api.pid) for side in sides.values() if side.name != name))
+        with CpuMeter(exclude=idle) as meter:
+            loop = httpload.closed_loop(
+                sides[name].request,
                 connections=plan.peak_connections,
-                count=int(plan.peak_seconds * 5000),
-                max_seconds=plan.peak_seconds,
+                count=int(seconds * 5000),
+                max_seconds=seconds,
             )
+            result = run(loop)
+        cpu_seconds[name].update(meter.seconds)
+        return result
+
+    loads = {
+        load: {name: httpload.LoadResult.merged(rounds) for name, rounds in interleave(measure_round).items()}
+        for load, measure_round in (("sequential", sequential), ("at_rate", at_rate), ("peak", peak))
+    }
+    figures: dict[str, EnqueueFigures] = {}
+    for name in sides:
+        peak_result = loads["peak"][name]
+        figures[name] = EnqueueFigures(
+            name=name,
+            sequential=loads["sequential"][name],
+            at_rate=loads["at_rate"][name],
+            peak=peak_result,
+            peak_cpu=per_operation(cpu_seconds[name], peak_result.count),
         )
-    peak_cpu = meter.per_operation(peak.count)
-    log.info(
-        "%s: sequential p50 %.2f ms, peak %.0f/s (%s per submit)",
-        name,
-        sequential.percentile(50) * 1e3,
-        peak.rate,
-        describe(peak_cpu),
-    )
-    return EnqueueFigures(name=name, sequential=sequential, at_rate=at_rate, peak=peak, peak_cpu=peak_cpu)
+        log.info(
+            "%s: sequential p50 %.2f ms, peak %.0f/s (%s per submit)",
+            name,
+            figures[name].sequential.percentile(50) * 1e3,
+            peak_result.rate,
+            describe(figures[name].peak_cpu),
+        )
+    return figures
 
 
 def run_enqueue(
     *, ours: stackproc.StackEnv, bare: stackproc.StackEnv, log_dir: Path, plan: EnqueuePlan
 ) -> tuple[EnqueueFigures, EnqueueFigures]:
-    port = stackproc.free_port()
-    with stackproc.running(lambda: stackproc.start_api(ours, port=port, log_dir=log_dir)):
-        request = httpload.Request("POST", "127.0.0.1", port, "/api/jobs/demo", {"seconds": 0, "steps": 1})
-        ours_figures = measure("ours", request, plan)
-    port = stackproc.free_port()
-    with stackproc.running(lambda: start_bare_api(bare, port=port, log_dir=log_dir)):
-        request = httpload.Request("POST", "127.0.0.1", port, "/enqueue", None)
-        bare_figures = measure("bare", request, plan)
-    return ours_figures, bare_figures
+    sides: dict[str, EnqueueSide] = {}
+
+    def start(name: str, path: str, body: dict[str, Any] | None) -> stackproc.StackProcess:
+        port = stackproc.free_port()  # once the other server listens: never the same port
+        if name == "ours":
+            api = stackproc.start_api(ours, port=port, log_dir=log_dir)
+        else:
+            api = start_bare_api(bare, port=port, log_dir=log_dir)
+        sides[name] = EnqueueSide(name, httpload.Request("POST", "127.0.0.1", port, path, body), api)
+        return api
+
+    with stackproc.running(
+        lambda: start("ours", "/api/jobs/demo", {"seconds": 0, "steps": 1}),
+        lambda: start("bare", "/enqueue", None),
+    ):
+        figures = measure(sides, plan)
+    return figures["ours"], figures["bare"]

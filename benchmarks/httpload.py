@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,17 @@ class LoadResult:
 
     def error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    @classmethod
+    def merged(cls, parts: Sequence[LoadResult]) -> LoadResult:
+        """Rounds of one load as one: every latency and error, over their summed time."""
+        merged = cls(offered_rate=parts[0].offered_rate if parts else None)
+        for part in parts:
+            merged.latencies.extend(part.latencies)
+            for reason, count in part.errors.items():
+                merged.errors[reason] = merged.errors.get(reason, 0) + count
+            merged.elapsed += part.elapsed
+        return merged
 
 
 def percentile(values: list[float], q: float) -> float:

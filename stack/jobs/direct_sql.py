@@ -14,6 +14,7 @@ SQLAlchemy's exceptions, a lost connection invalidated, so callers see no differ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +47,23 @@ INSERT INTO {_TABLE.name} (
 )
 """
 
+# Several new jobs (submits that arrived together) in one statement, one row per element of the
+# arrays: atomic as any statement, and one round trip where a transaction of INSERTs took three
+# (BEGIN, the pipelined INSERTs, COMMIT). Per row, in a loop of groups of 8: 28 µs of wall time
+# instead of 40, PostgreSQL's CPU 10-13 µs instead of 20. A lone job keeps INSERT (85 µs against
+# 115 through unnest).
+INSERT_MANY = f"""
+INSERT INTO {_TABLE.name} (
+    id, kind, queue, params, created_at, updated_at, canary, {", ".join(NEW_JOB_STATE)}
+)
+SELECT id, kind, queue, params::json, created_at, created_at, canary,
+    {", ".join(_literal(value) for value in NEW_JOB_STATE.values())}
+FROM unnest(
+    %(id)s::varchar[], %(kind)s::varchar[], %(queue)s::varchar[], %(params)s::text[],
+    %(created_at)s::timestamptz[], %(canary)s::boolean[]
+) AS new (id, kind, queue, params, created_at, canary)
+"""
+
 CLAIM = f"""
 UPDATE {_TABLE.name} SET
     status = '{JobStatus.STARTED.value}', message = 'started', attempts = attempts + 1,
@@ -69,6 +87,14 @@ UPDATE {_TABLE.name} SET
     error = NULL, updated_at = %(now)s, finished_at = %(now)s
 WHERE id = %(job_id)s AND {_LIVE} AND attempts = %(attempt)s
 """
+
+
+_NEW_COLUMNS = ("id", "kind", "queue", "params", "created_at", "canary")
+
+
+def _new_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What differs from one new job to the next (the rest is NEW_JOB_STATE)."""
+    return {name: row[name] for name in _NEW_COLUMNS}
 
 
 def is_direct(engine: Engine) -> bool:
@@ -99,25 +125,17 @@ class DirectWrites:
             pooled.close()
 
     def insert(self, connection: PoolProxiedConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """New jobs' rows, in NEW_JOB_STATE: one autocommitted statement, or a transaction whose
-        INSERTs psycopg pipelines."""
-        values = [
-            {
-                "id": row["id"],
-                "kind": row["kind"],
-                "queue": row["queue"],
-                "params": Json(row["params"]),
-                "created_at": row["created_at"],
-                "canary": row["canary"],
-            }
-            for row in rows
-        ]
-        if len(values) == 1:
-            self._execute(connection, INSERT, values[0])
+        """New jobs' rows, in NEW_JOB_STATE: one autocommitted statement, all or none."""
+        if len(rows) == 1:
+            (row,) = rows
+            self._execute(connection, INSERT, {**_new_values(row), "params": Json(row["params"])})
             return
-        driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
-        with self._translated(connection, INSERT, values[0]), driver.transaction(), driver.cursor() as cursor:
-            cursor.executemany(INSERT, values)
+        columns: dict[str, list[Any]] = {name: [] for name in _NEW_COLUMNS}
+        for row in rows:
+            for name, value in _new_values(row).items():
+                columns[name].append(value)
+        columns["params"] = [json.dumps(params) for params in columns["params"]]  # cast to json in SQL
+        self._execute(connection, INSERT_MANY, columns)
 
     def claim(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> Job | None:
         row = self._execute(connection, CLAIM, params, fetch=True)

@@ -217,8 +217,8 @@ class JobStore:
         return self.create_many([NewJob(kind=kind, queue=queue, params=params, canary=canary)])[0]
 
     def create_many(self, new_jobs: Sequence[NewJob]) -> Sequence[Job]:
-        """`create` for jobs submitted together, all committed or none: one autocommitted INSERT
-        for a single job, a transaction (its INSERTs in one psycopg pipeline) for several."""
+        """`create` for jobs submitted together, all committed or none: one autocommitted
+        statement on PostgreSQL (stack.jobs.direct_sql), a transaction elsewhere."""
         now = utcnow()
         rows = [
             {

@@ -134,23 +134,22 @@ def test_a_connection_lost_mid_attempt_is_sqlalchemys_operational_error_and_leav
 
 
 def test_jobs_submitted_together_are_inserted_all_or_none(store: JobStore) -> None:
-    group = [NewJob(kind="demo", queue="default", params={"n": n}) for n in range(3)]
+    group = [
+        NewJob(kind=f"kind{n}", queue=f"queue{n}", params={"n": n, "text": "é\"'"}, canary=n == 2)
+        for n in range(3)
+    ]
     made = store.create_many(group)
-    for job, n in zip(made, range(3), strict=True):
+    for job, new in zip(made, group, strict=True):
         stored = store.get(job.id)
         assert stored is not None
-        assert (stored.status, stored.progress, stored.message, stored.params) == (
-            JobStatus.PENDING,
-            0,
-            "queued",
-            {"n": n},
+        assert (stored.kind, stored.queue, stored.params, stored.canary) == (
+            new.kind,
+            new.queue,
+            new.params,
+            new.canary,
         )
-        assert (stored.attempts, stored.lost_attempts, stored.canary, stored.dispatched_at) == (
-            0,
-            0,
-            False,
-            None,
-        )
+        assert (stored.status, stored.progress, stored.message) == (JobStatus.PENDING, 0, "queued")
+        assert (stored.attempts, stored.lost_attempts, stored.dispatched_at) == (0, 0, None)
         assert stored.created_at == stored.updated_at == job.created_at
     before = len(store.list(limit=1000))
     refused = NewJob(kind="k" * 101, queue="default", params={})  # kind is 100 long
