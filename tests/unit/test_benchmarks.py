@@ -17,6 +17,7 @@ from benchmarks.drain import DrainFigures, DrainSide, combine, interleaved
 from benchmarks.enqueue import EnqueueFigures
 from benchmarks.figures import BenchFigures
 from benchmarks.httpload import LoadResult
+from benchmarks.rounds import ROUNDS, interleave, share
 from benchmarks.roundtrip import OURS, JsonClient, RoundtripError, RoundtripFigures, roundtrip
 from benchmarks.run import parse_args
 from benchmarks.summary import median, render, spread, summarize
@@ -274,6 +275,27 @@ def test_cpu_meter_leaves_out_the_excluded_processes() -> None:
 
 
 # --- the drain's rounds ----------------------------------------------------------------------------
+def test_rounds_interleave_ours_and_bare_and_share_out_the_total() -> None:
+    seen = interleave(lambda side, index: f"{side}{index}")
+    assert ROUNDS == ("ours", "bare", "bare", "ours")
+    assert seen == {"ours": ["ours0", "ours1"], "bare": ["bare0", "bare1"]}
+    assert [share(1001, "ours", i) for i in range(2)] == [500, 501]
+    assert [share(1, "bare", i) for i in range(2)] == [0, 1]
+
+
+def test_load_results_merged_are_all_latencies_over_the_summed_time() -> None:
+    first = LoadResult(latencies=[0.001, 0.003], elapsed=1.0, offered_rate=200.0)
+    first.error("HTTP 503")
+    second = LoadResult(latencies=[0.002], elapsed=0.5, offered_rate=200.0)
+    second.error("HTTP 503")
+    second.error("TimeoutError")
+    merged = LoadResult.merged([first, second])
+    assert merged.latencies == [0.001, 0.003, 0.002] and merged.percentile(50) == 0.002
+    assert merged.errors == {"HTTP 503": 2, "TimeoutError": 1}
+    assert merged.rate == pytest.approx(2.0) and merged.offered_rate == 200.0
+    assert first.latencies == [0.001, 0.003], "the rounds are left as they were"
+
+
 def test_combine_is_all_jobs_over_all_timed_seconds() -> None:
     rounds = [
         DrainFigures("ours", 500, 1.0, cpu={"stack": 2000.0, "total": 3000.0}),
