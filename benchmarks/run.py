@@ -170,12 +170,12 @@ def measure_once(args: Args, srv: servers.Servers) -> BenchFigures:
                 peak_connections=args.peak_connections,
                 peak_seconds=args.peak_seconds,
             )
-            log.info("enqueue: ours, then bare")
+            log.info("enqueue: ours and bare in interleaved rounds")
             figures.enqueue = run_enqueue(
                 ours=stack_env("enqueue"), bare=stack_env("enqueue_bare"), log_dir=args.out, plan=plan
             )
         if "drain" in args.only:
-            log.info("drain: %d jobs through ours, then bare", args.drain_jobs)
+            log.info("drain: %d jobs through ours and bare, in interleaved rounds", args.drain_jobs)
             figures.drain = run_drain(
                 stack=stack_env("drain"),
                 bare=stack_env("drain_bare"),
