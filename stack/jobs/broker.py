@@ -38,6 +38,19 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
+def declare_on_publish(app: Any) -> list[Any] | None:
+    """What a job message's publish declares first: nothing on our Redis transport, Celery's
+    default (the queue) on any other.
+
+    A Redis queue is a list that LPUSH creates, and a message to the default exchange goes
+    straight to the list its routing key names: declaring the queue changes nothing there, yet
+    kombu does it on every publish (maybe_declare binds a copy of the Queue, then finds it in its
+    cache): 25-30 µs of a submit's ~170 µs publish, measured in a loop. RabbitMQ drops a message
+    for a queue nobody declared yet, so there the declare stays. A new list each time: kombu may
+    append to it."""
+    return [] if app.conf.broker_transport == TRANSPORT else None
+
+
 def transport_for(broker_url: str) -> str | None:
     """Our transport for plain Redis URLs; None (kombu picks by scheme) for anything else:
     sentinel://, redis+socket://, amqp://, memory:// keep kombu's own."""
