@@ -103,6 +103,18 @@ def scalars(f: BenchFigures) -> list[Scalar]:
                             bare.peak_cpu["total"],
                         )
                     )
+                    # Rate times CPU per submit: how much of the machine the peak kept busy. Balanced
+                    # workers keep it as busy in every run, however fast the VM runs that minute;
+                    # a worker idle beside a saturated one shows here as cores left unused.
+                    out.append(
+                        Scalar(
+                            "peak_cores",
+                            f"{label}: cores busy (rate x CPU per submit)",
+                            "",
+                            o.rate * ours.peak_cpu["total"] / 1e6,
+                            b.rate * bare.peak_cpu["total"] / 1e6,
+                        )
+                    )
             for q in (50, 99):
                 out.append(
                     Scalar(

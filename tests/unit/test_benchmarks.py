@@ -342,4 +342,7 @@ def test_cpu_per_operation_is_a_figure_when_both_sides_measured_it() -> None:
     figures.drain[0].cpu, figures.drain[1].cpu = {"total": 5000.0}, {"total": 3500.0}  # type: ignore[index]
     series = summarize([figures])
     assert series["peak_cpu_us"].ratios == pytest.approx([0.8])
+    # 1,100 req/s at 2,000 µs and 1,000 req/s at 2,500 µs: the share of the machine each kept busy
+    assert series["peak_cores"].ours == pytest.approx([2.2])
+    assert series["peak_cores"].bare == pytest.approx([2.5])
     assert series["drain_cpu_us"].ours == pytest.approx([5000.0])
