@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import psutil
 
@@ -44,15 +44,19 @@ def cpu_by_group(exclude: Collection[int] = ()) -> Counter[str]:
     return seconds
 
 
-def process_tree(pid: int | None) -> set[int]:
-    """`pid` and its descendants (a server's workers, a worker's pool); empty once it is gone."""
-    if pid is None:
-        return set()
-    try:
-        root = psutil.Process(pid)
-        return {root.pid, *(child.pid for child in root.children(recursive=True))}
-    except psutil.Error:
-        return set()
+def process_trees(pids: Iterable[int | None]) -> set[int]:
+    """These processes and their descendants (a server's workers, a worker's pool); those gone
+    are left out."""
+    tree: set[int] = set()
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            root = psutil.Process(pid)
+            tree |= {root.pid, *(child.pid for child in root.children(recursive=True))}
+        except psutil.Error:
+            continue
+    return tree
 
 
 def per_operation(seconds: Counter[str], count: int) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bare import BARE_QUEUE, NOOP_TASK, create_bare_celery
-from benchmarks.cpu import CpuMeter, describe, process_tree
+from benchmarks.cpu import CpuMeter, describe, process_trees
 from benchmarks.rounds import interleave, share
 from loadtests import stackproc
 from stack import roles
@@ -172,8 +172,7 @@ def interleaved(sides: dict[str, DrainSide], *, count: int, timeout: float) -> d
         drain(side, count=WARMUP_JOBS, timeout=timeout)
 
     def one_round(name: str, index: int) -> DrainFigures:
-        others = [side for side in sides.values() if side.name != name]
-        idle = set().union(*(process_tree(side.worker.pid) for side in others))
+        idle = process_trees(side.worker.pid for side in sides.values() if side.name != name)
         return drain(sides[name], count=share(count, name, index), timeout=timeout, idle=idle)
 
     return {name: combine(rounds) for name, rounds in interleave(one_round).items()}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import httpload
-from benchmarks.cpu import CpuMeter, describe, per_operation, process_tree
+from benchmarks.cpu import CpuMeter, describe, per_operation, process_trees
 from benchmarks.rounds import interleave, rounds_of, share
 from loadtests import stackproc
 from stack import roles
@@ -98,7 +98,7 @@ def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, Enque
 
     def peak(name: str, index: int) -> httpload.LoadResult:
         seconds = plan.peak_seconds / rounds_of(name)
-        idle = set().union(*(process_tree(side.api.pid) for side in sides.values() if side.name != name))
+        idle = process_trees(side.api.pid for side in sides.values() if side.name != name)
         with CpuMeter(exclude=idle) as meter:
             loop = httpload.closed_loop(
                 sides[name].request,

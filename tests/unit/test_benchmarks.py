@@ -4,6 +4,7 @@ the printed table, the 0→100 poll loop (against a scripted client) and the opt
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from benchmarks.cpu import GROUPS, CpuMeter, describe
+from benchmarks.cpu import GROUPS, CpuMeter, describe, process_trees
 from benchmarks.drain import DrainFigures, DrainSide, combine, interleaved
 from benchmarks.enqueue import EnqueueFigures
 from benchmarks.figures import BenchFigures
@@ -274,6 +275,17 @@ def test_cpu_meter_leaves_out_the_excluded_processes() -> None:
         child.wait()
 
 
+def test_process_trees_are_the_processes_and_their_descendants() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        assert {os.getpid(), child.pid} <= process_trees([os.getpid(), None])
+        assert process_trees([child.pid]) == {child.pid}
+        assert process_trees([2**22 + 1]) == set()  # above Linux's largest pid: no such process
+    finally:
+        child.kill()
+        child.wait()
+
+
 # --- the drain's rounds ----------------------------------------------------------------------------
 def test_rounds_interleave_ours_and_bare_and_share_out_the_total() -> None:
     seen = interleave(lambda side, index: f"{side}{index}")
@@ -319,7 +331,7 @@ def test_interleaved_warms_up_then_drains_in_abba_rounds(monkeypatch: pytest.Mon
             self.pid, self.node = pid, f"w{pid}@host"
 
     monkeypatch.setattr("benchmarks.drain.drain", fake_drain)
-    monkeypatch.setattr("benchmarks.drain.process_tree", lambda pid: {pid})
+    monkeypatch.setattr("benchmarks.drain.process_trees", set)
     sides = {
         name: DrainSide(name, app=None, queue="q", submit=lambda: "id", worker=Worker(pid))  # type: ignore[arg-type]
         for name, pid in (("ours", 1), ("bare", 2))
