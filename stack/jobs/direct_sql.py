@@ -38,12 +38,15 @@ def _literal(value: object) -> str:
 
 
 # What differs from job to job is a parameter; the state every new job starts in is written in.
+_NEW_COLUMNS = ("id", "kind", "queue", "params", "created_at", "canary")
+_INSERT_INTO = f"""INSERT INTO {_TABLE.name} (
+    {", ".join(_NEW_COLUMNS)}, updated_at, {", ".join(NEW_JOB_STATE)}
+)"""
+_NEW_STATE = ", ".join(_literal(value) for value in NEW_JOB_STATE.values())
+
 INSERT = f"""
-INSERT INTO {_TABLE.name} (
-    id, kind, queue, params, created_at, updated_at, canary, {", ".join(NEW_JOB_STATE)}
-) VALUES (
-    %(id)s, %(kind)s, %(queue)s, %(params)s, %(created_at)s, %(created_at)s, %(canary)s,
-    {", ".join(_literal(value) for value in NEW_JOB_STATE.values())}
+{_INSERT_INTO} VALUES (
+    {", ".join(f"%({name})s" for name in _NEW_COLUMNS)}, %(created_at)s, {_NEW_STATE}
 )
 """
 
@@ -53,15 +56,12 @@ INSERT INTO {_TABLE.name} (
 # instead of 40, PostgreSQL's CPU 10-13 µs instead of 20. A lone job keeps INSERT (85 µs against
 # 115 through unnest).
 INSERT_MANY = f"""
-INSERT INTO {_TABLE.name} (
-    id, kind, queue, params, created_at, updated_at, canary, {", ".join(NEW_JOB_STATE)}
-)
-SELECT id, kind, queue, params::json, created_at, created_at, canary,
-    {", ".join(_literal(value) for value in NEW_JOB_STATE.values())}
+{_INSERT_INTO}
+SELECT id, kind, queue, params::json, created_at, canary, created_at, {_NEW_STATE}
 FROM unnest(
     %(id)s::varchar[], %(kind)s::varchar[], %(queue)s::varchar[], %(params)s::text[],
     %(created_at)s::timestamptz[], %(canary)s::boolean[]
-) AS new (id, kind, queue, params, created_at, canary)
+) AS new ({", ".join(_NEW_COLUMNS)})
 """
 
 CLAIM = f"""
@@ -87,14 +87,6 @@ UPDATE {_TABLE.name} SET
     error = NULL, updated_at = %(now)s, finished_at = %(now)s
 WHERE id = %(job_id)s AND {_LIVE} AND attempts = %(attempt)s
 """
-
-
-_NEW_COLUMNS = ("id", "kind", "queue", "params", "created_at", "canary")
-
-
-def _new_values(row: Mapping[str, Any]) -> dict[str, Any]:
-    """What differs from one new job to the next (the rest is NEW_JOB_STATE)."""
-    return {name: row[name] for name in _NEW_COLUMNS}
 
 
 def is_direct(engine: Engine) -> bool:
@@ -128,13 +120,14 @@ class DirectWrites:
         """New jobs' rows, in NEW_JOB_STATE: one autocommitted statement, all or none."""
         if len(rows) == 1:
             (row,) = rows
-            self._execute(connection, INSERT, {**_new_values(row), "params": Json(row["params"])})
+            self._execute(
+                connection,
+                INSERT,
+                {name: row[name] for name in _NEW_COLUMNS} | {"params": Json(row["params"])},
+            )
             return
-        columns: dict[str, list[Any]] = {name: [] for name in _NEW_COLUMNS}
-        for row in rows:
-            for name, value in _new_values(row).items():
-                columns[name].append(value)
-        columns["params"] = [json.dumps(params) for params in columns["params"]]  # cast to json in SQL
+        columns = {name: [row[name] for row in rows] for name in _NEW_COLUMNS}
+        columns["params"] = [json.dumps(row["params"]) for row in rows]  # cast to json in the SQL
         self._execute(connection, INSERT_MANY, columns)
 
     def claim(self, connection: PoolProxiedConnection, params: Mapping[str, Any]) -> Job | None:
@@ -157,20 +150,13 @@ class DirectWrites:
     ) -> Any:
         """The row RETURNING gave (`fetch`), else the number of rows changed."""
         driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
-        with self._translated(connection, sql, params), driver.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone() if fetch else cursor.rowcount
-
-    @contextmanager
-    def _translated(
-        self, connection: PoolProxiedConnection, sql: str, params: Mapping[str, Any]
-    ) -> Iterator[None]:
-        """psycopg's errors as SQLAlchemy's own execution raises them: a lost connection leaves
-        the pool, and callers catch sqlalchemy.exc.OperationalError / DBAPIError whichever way a
-        statement ran."""
         try:
-            yield
+            with driver.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone() if fetch else cursor.rowcount
         except psycopg.Error as exc:
+            # As SQLAlchemy's own execution raises it: a lost connection leaves the pool, and
+            # callers catch sqlalchemy.exc.OperationalError / DBAPIError whichever way it ran.
             lost = self._dialect.is_disconnect(exc, connection.dbapi_connection, None)  # type: ignore[arg-type]
             if lost:
                 connection.invalidate(exc)
