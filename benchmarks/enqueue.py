@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks import httpload
 from benchmarks.cpu import CpuMeter, describe, per_operation, process_trees
-from benchmarks.rounds import interleave, rounds_of, share
+from benchmarks.rounds import ROUNDS, interleave, rounds_of, share
 from loadtests import stackproc
 from stack import roles
 from stack.config import load_settings
@@ -80,6 +80,16 @@ class EnqueueSide:
     api: stackproc.StackProcess
 
 
+# One at a time in 20 rounds a side (50 requests each, of the default 1,000): the VM's hiccups
+# last a fraction of a second, and in the 4 rounds of the other loads one could double a side's
+# p50 (one-at-a-time ratios of 1.04-1.27 in one session, 1.08-1.12 in these). Taking turns
+# request by request was steadier still but measured another thing: a server woken from idle
+# every time (p50s up by 40 % on both sides). The peak runs in 8 rounds: each draws anew how
+# the kernel hands bare's shared socket out, and the drift is cut finer.
+SEQUENTIAL_ROUNDS = ROUNDS * 10
+PEAK_ROUNDS = ROUNDS * 2
+
+
 def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, EnqueueFigures]:
     """Each load on every side, in interleaved rounds (benchmarks.rounds), after a warm-up."""
     run = httpload.run
@@ -87,7 +97,7 @@ def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, Enque
         run(httpload.closed_loop(side.request, connections=4, count=plan.warmup, max_seconds=20))
 
     def sequential(name: str, index: int) -> httpload.LoadResult:
-        count = share(plan.sequential, name, index)
+        count = share(plan.sequential, name, index, SEQUENTIAL_ROUNDS)
         return run(httpload.sequential(sides[name].request, count=count, max_seconds=60))
 
     def at_rate(name: str, index: int) -> httpload.LoadResult:
@@ -97,7 +107,7 @@ def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, Enque
     cpu_seconds: dict[str, Counter[str]] = {name: Counter() for name in sides}
 
     def peak(name: str, index: int) -> httpload.LoadResult:
-        seconds = plan.peak_seconds / rounds_of(name)
+        seconds = plan.peak_seconds / rounds_of(name, PEAK_ROUNDS)
         idle = process_trees(side.api.pid for side in sides.values() if side.name != name)
         with CpuMeter(exclude=idle) as meter:
             loop = httpload.closed_loop(
@@ -111,8 +121,15 @@ def measure(sides: dict[str, EnqueueSide], plan: EnqueuePlan) -> dict[str, Enque
         return result
 
     loads = {
-        load: {name: httpload.LoadResult.merged(rounds) for name, rounds in interleave(measure_round).items()}
-        for load, measure_round in (("sequential", sequential), ("at_rate", at_rate), ("peak", peak))
+        load: {
+            name: httpload.LoadResult.merged(results)
+            for name, results in interleave(measure_round, rounds).items()
+        }
+        for load, measure_round, rounds in (
+            ("sequential", sequential, SEQUENTIAL_ROUNDS),
+            ("at_rate", at_rate, ROUNDS),
+            ("peak", peak, PEAK_ROUNDS),
+        )
     }
     figures: dict[str, EnqueueFigures] = {}
     for name in sides:

@@ -18,7 +18,7 @@ from benchmarks.drain import DrainFigures, DrainSide, combine, interleaved
 from benchmarks.enqueue import EnqueueFigures
 from benchmarks.figures import BenchFigures
 from benchmarks.httpload import LoadResult
-from benchmarks.rounds import ROUNDS, interleave, share
+from benchmarks.rounds import ROUNDS, interleave, rounds_of, share
 from benchmarks.roundtrip import OURS, JsonClient, RoundtripError, RoundtripFigures, roundtrip
 from benchmarks.run import parse_args
 from benchmarks.summary import median, render, spread, summarize
@@ -293,6 +293,22 @@ def test_rounds_interleave_ours_and_bare_and_share_out_the_total() -> None:
     assert seen == {"ours": ["ours0", "ours1"], "bare": ["bare0", "bare1"]}
     assert [share(1001, "ours", i) for i in range(2)] == [500, 501]
     assert [share(1, "bare", i) for i in range(2)] == [0, 1]
+
+
+def test_longer_rounds_repeat_the_order_and_still_share_out_the_total() -> None:
+    rounds = ROUNDS * 10
+    order: list[str] = []
+
+    def measure(side: str, index: int) -> int:
+        order.append(side)
+        return index
+
+    seen = interleave(measure, rounds)
+    assert order[:8] == ["ours", "bare", "bare", "ours"] * 2 and len(order) == 40
+    assert seen == {"ours": list(range(20)), "bare": list(range(20))}
+    assert rounds_of("ours", rounds) == 20
+    assert sum(share(1001, "ours", i, rounds) for i in range(20)) == 1001
+    assert {share(1000, "bare", i, rounds) for i in range(20)} == {50}
 
 
 def test_load_results_merged_are_all_latencies_over_the_summed_time() -> None:
