@@ -81,11 +81,11 @@ class EnqueueSide:
 
 
 # One at a time in 20 rounds a side (50 requests each, of the default 1,000): the VM's hiccups
-# last a fraction of a second, and in the 4 rounds of the other loads one could double a side's
-# p50 (one-at-a-time ratios of 1.04-1.27 in one session, 1.08-1.12 in these). Taking turns
-# request by request was steadier still but measured another thing: a server woken from idle
-# every time (p50s up by 40 % on both sides). The peak runs in 8 rounds: each draws anew how
-# the kernel hands bare's shared socket out, and the drift is cut finer.
+# last a fraction of a second, and in 2 rounds a side one could double a side's p50. On the same
+# two servers, alternated, the ratio read 1.04-1.27 in 2 rounds a side and 1.08-1.12 in 20.
+# Taking turns request by request was steadier still but measured another thing: a server woken
+# from idle every time (p50s up by 40 % on both sides). The peak runs in 4 rounds a side: each
+# draws anew how the kernel hands bare's shared socket out, and the drift is cut finer.
 SEQUENTIAL_ROUNDS = ROUNDS * 10
 PEAK_ROUNDS = ROUNDS * 2
 
